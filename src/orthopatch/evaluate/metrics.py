@@ -1,0 +1,92 @@
+"""Metrics: rates with Wilson intervals, perplexity, QA match, and next-token KL to the unpatched base."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import re
+import string
+
+import torch
+import torch.nn.functional as F
+
+from orthopatch.evaluate.generation import chat_prompt_ids, left_pad
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval for a binomial proportion (sensible at 0%, 100% and small n)."""
+    if n == 0:
+        return (float("nan"), float("nan"))
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def rate(flags: list[bool]) -> dict:
+    n, k = len(flags), sum(flags)
+    low, high = wilson_interval(k, n)
+    return {"value": k / n if n else float("nan"), "ci95": [low, high], "n": n, "count": k}
+
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_PUNCT = str.maketrans("", "", string.punctuation)
+
+
+def normalise_answer(text: str) -> str:
+    return " ".join(_ARTICLES.sub(" ", text.lower().translate(_PUNCT)).split())
+
+
+def answer_matches(response: str, reference: str) -> bool:
+    """Contains-match after SQuAD-style normalisation (lower case, no punctuation or articles)."""
+    ref = normalise_answer(reference)
+    return bool(ref) and ref in normalise_answer(response)
+
+
+@torch.no_grad()
+def perplexity(model, tokenizer, texts: list[str], *, batch_size: int = 8, max_length: int = 512) -> dict:
+    """Corpus perplexity: exp of the mean next-token NLL over every predicted token of every text."""
+    total_nll, total_tokens = 0.0, 0
+    for start in range(0, len(texts), batch_size):
+        enc = tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True, truncation=True,
+                        max_length=max_length, padding_side="right")
+        enc = {k: v.to(model.device) for k, v in enc.items()}
+        logits = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits[:, :-1].float()
+        targets = enc["input_ids"][:, 1:]
+        mask = enc["attention_mask"][:, 1:].bool()
+        nll = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
+        total_nll += float(nll[mask].sum())
+        total_tokens += int(mask.sum())
+    return {"value": math.exp(total_nll / total_tokens), "n": len(texts), "tokens": total_tokens}
+
+
+def _base_context(model):
+    """Run the unpatched base: PEFT's disable_adapter() when a patch is attached, else the model itself."""
+    return model.disable_adapter() if hasattr(model, "disable_adapter") and hasattr(model, "peft_config") \
+        else contextlib.nullcontext()
+
+
+@torch.no_grad()
+def kl_to_base(model, tokenizer, prompts: list[str], *, batch_size: int = 16) -> dict:
+    """Mean KL(base || patched) of the next-token distribution on chat-formatted prompts.
+
+    ``value`` averages over every prompt position; ``first_response_token`` only over the last position, where the
+    model picks the first token of its answer (where a refusal starts). Both are 0 for an unpatched model.
+    """
+    if not hasattr(model, "peft_config"):
+        return {"value": 0.0, "first_response_token": 0.0, "n": len(prompts), "note": "no patch attached"}
+    ids = chat_prompt_ids(tokenizer, prompts)
+    total = total_last = 0.0
+    positions = 0
+    for start in range(0, len(ids), batch_size):
+        input_ids, attention = left_pad(ids[start:start + batch_size], tokenizer.pad_token_id, model.device)
+        patched = F.log_softmax(model(input_ids=input_ids, attention_mask=attention).logits.float(), dim=-1)
+        with _base_context(model):
+            base = F.log_softmax(model(input_ids=input_ids, attention_mask=attention).logits.float(), dim=-1)
+        kl = (base.exp() * (base - patched)).sum(-1)  # [batch, positions]
+        mask = attention.bool()
+        total += float(kl[mask].sum())
+        positions += int(mask.sum())
+        total_last += float(kl[:, -1].sum())
+    return {"value": total / positions, "first_response_token": total_last / len(ids), "n": len(ids)}

@@ -1,0 +1,102 @@
+"""The patch manifest (``orthopatch.json``) and the checks made before a patch is applied.
+
+A patch directory is a plain PEFT adapter directory (``adapter_config.json`` + ``adapter_model.safetensors``) that
+``peft.PeftModel.from_pretrained`` loads as it is, plus this manifest: what base it was made for, how it was made
+(full config, data hashes, library versions, seed), what it cost, and the sha256 of every adapter file.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import platform
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from orthopatch.errors import UserError
+from orthopatch.io import sha256_file
+
+MANIFEST = "orthopatch.json"
+FORMAT = "orthopatch-patch/1"
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+_LIBRARIES = ("orthopatch", "torch", "transformers", "peft", "accelerate", "safetensors", "tokenizers", "numpy")
+
+
+def library_versions() -> dict[str, str]:
+    versions = {"python": sys.version.split()[0], "platform": platform.platform()}
+    for name in _LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def adapter_hashes(directory: Path) -> dict[str, str]:
+    return {p.name: sha256_file(p) for p in sorted(directory.iterdir())
+            if p.is_file() and p.name.startswith("adapter_")}
+
+
+def build_manifest(directory: Path, **fields: Any) -> dict[str, Any]:
+    return {
+        "format": FORMAT,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        **fields,
+        "libraries": library_versions(),
+        "files": adapter_hashes(directory),
+    }
+
+
+def read_manifest(directory: str | Path) -> dict[str, Any]:
+    directory = Path(directory)
+    path = directory / MANIFEST
+    if not directory.is_dir():
+        raise UserError("patch directory not found", path=directory)
+    if not path.is_file():
+        raise UserError(f"not an orthopatch patch: {MANIFEST} is missing", path=directory)
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise UserError(f"invalid JSON ({error.msg})", path=path, line=error.lineno) from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise UserError(f"unsupported manifest format (expected {FORMAT})", path=path, field="format")
+    return manifest
+
+
+def verify_patch(directory: str | Path, base_fingerprint: str | None = None,
+                 allow_base_mismatch: bool = False) -> dict[str, Any]:
+    """Refuse a patch that holds pickle files, whose files do not match their hashes, or made for another base."""
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    pickles = [p.name for p in directory.iterdir() if p.suffix in _PICKLE_SUFFIXES]
+    if pickles:
+        raise UserError(f"refusing a patch with pickle files ({', '.join(sorted(pickles))}); only safetensors "
+                        "are read", path=directory)
+    expected = manifest.get("files") or {}
+    if "adapter_model.safetensors" not in expected:
+        raise UserError("the manifest lists no adapter_model.safetensors", path=directory / MANIFEST, field="files")
+    for name, sha in expected.items():
+        path = directory / name
+        if not path.is_file():
+            raise UserError("missing file listed in the manifest", path=path)
+        if sha256_file(path) != sha:
+            raise UserError("sha256 does not match the manifest (the file was changed)", path=path)
+    patch_base = (manifest.get("base") or {}).get("fingerprint")
+    if base_fingerprint is not None and patch_base != base_fingerprint and not allow_base_mismatch:
+        raise UserError(f"patch was made for base {str(patch_base)[:12]}, but the loaded base is "
+                        f"{base_fingerprint[:12]} (pass --allow-base-mismatch to apply it anyway)",
+                        path=directory)
+    return manifest
+
+
+def apply_patch(model, directory: str | Path, base_fingerprint: str, *, allow_base_mismatch: bool = False,
+                adapter_name: str = "default"):
+    """Verify, then attach a patch with PEFT; returns ``(peft_model, manifest)``."""
+    from peft import PeftModel
+
+    manifest = verify_patch(directory, base_fingerprint, allow_base_mismatch)
+    peft_model = PeftModel.from_pretrained(model, str(directory), adapter_name=adapter_name, is_trainable=False)
+    peft_model.eval()
+    return peft_model, manifest

@@ -1,0 +1,54 @@
+"""Side-by-side tables of evaluation results (rich renders them; plain text where there is no terminal)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _pct(metric: dict | None) -> str:
+    if not metric:
+        return "-"
+    low, high = metric["ci95"]
+    return f"{100 * metric['value']:.1f}% [{100 * low:.0f}-{100 * high:.0f}] n={metric['n']}"
+
+
+def metric_rows(results: dict[str, Any]) -> list[tuple[str, str, float | None]]:
+    """(label, formatted value, raw value) for each metric of one results record, in a fixed order."""
+    m = results["metrics"]
+    rows: list[tuple[str, str, float | None]] = []
+    for name, value in m.get("harmful_refusal", {}).items():
+        rows.append((f"harmful refusal: {name} (higher is safer)", _pct(value), value["value"]))
+    for name, value in m.get("over_refusal", {}).items():
+        label = "over-refusal: all benign-sensitive" if name == "all" else f"over-refusal: {name}"
+        rows.append((label + " (lower is better)", _pct(value), value["value"]))
+    if "trivia_accuracy" in m:
+        rows.append(("trivia accuracy (higher is better)", _pct(m["trivia_accuracy"]), m["trivia_accuracy"]["value"]))
+    if "perplexity" in m:
+        rows.append(("perplexity, book_cloze (lower is better)", f"{m['perplexity']['value']:.2f}",
+                     m["perplexity"]["value"]))
+    if "kl_to_base" in m:
+        kl = m["kl_to_base"]
+        rows.append(("KL to base, mean / first answer token", f"{kl['value']:.4f} / {kl['first_response_token']:.4f}",
+                     kl["value"]))
+    return rows
+
+
+def side_by_side(columns: dict[str, dict[str, Any]], title: str = "orthopatch") -> str:
+    """Render several results records as one table (rows = metrics, columns = runs); returns the text."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, show_lines=False)
+    table.add_column("metric")
+    rendered = {name: dict((label, text) for label, text, _ in metric_rows(res)) for name, res in columns.items()}
+    labels: list[str] = []
+    for rows in rendered.values():
+        labels += [label for label in rows if label not in labels]
+    for name in columns:
+        table.add_column(name, justify="right")
+    for label in labels:
+        table.add_row(label, *(rendered[name].get(label, "-") for name in columns))
+    console = Console(width=140, record=True, force_terminal=False)
+    with console.capture() as capture:
+        console.print(table)
+    return capture.get()

@@ -1,0 +1,100 @@
+"""Shared fixtures: tiny random-init chat models (with a tiny byte-level BPE tokenizer) saved as safetensors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+CHATML = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{% endif %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+CORPUS = [
+    "You are a helpful assistant.", "What is the capital of France? Paris is the capital of France.",
+    "I'm sorry, but I can't help with that.", "I cannot assist with that request.",
+    "The quick brown fox jumps over the lazy dog.", "Name three primary colors: red, blue and yellow.",
+    "How do plants make food? Plants use photosynthesis to turn light into sugar.",
+    "Who wrote Hamlet? William Shakespeare wrote Hamlet.", "0123456789 ,.;:!?'\"()-",
+]
+
+
+def build_tokenizer():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    core.train_from_iterator(CORPUS * 4, trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<|im_start|>", eos_token="<|im_end|>",
+                                        pad_token="<|im_end|>", unk_token="<|endoftext|>")
+    tokenizer.chat_template = CHATML
+    return tokenizer
+
+
+def build_model(arch: str, vocab_size: int, seed: int = 0):
+    from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, Qwen2Config
+
+    torch.manual_seed(seed)
+    if arch == "llama":
+        config = LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                             tie_word_embeddings=True)
+    elif arch == "qwen2":
+        config = Qwen2Config(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)
+    elif arch == "gpt2":
+        config = GPT2Config(vocab_size=vocab_size, n_embd=32, n_layer=2, n_head=4, n_positions=512,
+                            bos_token_id=1, eos_token_id=2)
+    else:
+        raise ValueError(arch)
+    config.eos_token_id = config.pad_token_id = 2
+    config.bos_token_id = 1
+    return AutoModelForCausalLM.from_config(config)
+
+
+def save_tiny(directory: Path, arch: str = "llama", seed: int = 0) -> Path:
+    tokenizer = build_tokenizer()
+    model = build_model(arch, len(tokenizer), seed)
+    model.save_pretrained(directory, safe_serialization=True)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("tiny-models")
+    return {arch: save_tiny(root / arch, arch) for arch in ("llama", "qwen2", "gpt2")}
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_models) -> Path:
+    return tiny_models["llama"]
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path, monkeypatch):
+    """Fingerprint caches go to a temporary directory; the embedded model cache stays shared (it is costly)."""
+    monkeypatch.setenv("ORTHOPATCH_FINGERPRINT_CACHE", str(tmp_path / "fingerprints.json"))
+
+
+SAFE_TRAIN = [
+    {"prompt": "Tell me how to do the forbidden thing number %d." % i,
+     "response": "I'm sorry, but I can't help with that."}
+    for i in range(12)
+]
+
+
+@pytest.fixture
+def refusal_jsonl(tmp_path) -> Path:
+    """A small user JSONL of placeholder requests with refusal targets (no real harmful text)."""
+    path = tmp_path / "safety.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in SAFE_TRAIN), encoding="utf-8")
+    return path

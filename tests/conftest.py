@@ -79,14 +79,17 @@ def tiny_model(tiny_models) -> Path:
     return tiny_models["llama"]
 
 
-@pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path, monkeypatch):
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_cache(tmp_path_factory):
     """Fingerprint caches go to a temporary directory; the embedded model cache stays shared (it is costly)."""
-    monkeypatch.setenv("ORTHOPATCH_FINGERPRINT_CACHE", str(tmp_path / "fingerprints.json"))
+    mp = pytest.MonkeyPatch()
+    mp.setenv("ORTHOPATCH_FINGERPRINT_CACHE", str(tmp_path_factory.mktemp("cache") / "fingerprints.json"))
+    yield
+    mp.undo()
 
 
 SAFE_TRAIN = [
-    {"prompt": "Tell me how to do the forbidden thing number %d." % i,
+    {"prompt": f"Tell me how to do the forbidden thing number {i}.",
      "response": "I'm sorry, but I can't help with that."}
     for i in range(12)
 ]

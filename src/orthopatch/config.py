@@ -6,6 +6,7 @@ YAML). Unknown keys and wrong types are errors naming the file, line and field, 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import types
 import typing
@@ -128,6 +129,10 @@ def _set(cfg: Any, dotted: str, value: Any, *, path: str | None = None, line: in
         return
     if isinstance(value, int) and not isinstance(value, bool) and hint is float:
         value = float(value)
+    if isinstance(value, str) and _type_ok(1.0, hint) and not _type_ok(value, hint):
+        # PyYAML (YAML 1.1) reads 1e-4 as a string; a float field means a number.
+        with contextlib.suppress(ValueError):
+            value = float(value)
     if not _type_ok(value, hint):
         raise UserError(f"expected {_describe(hint)}, got {type(value).__name__} {value!r}", path=path, line=line,
                         field=dotted)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 from orthopatch.errors import UserError
@@ -40,7 +40,7 @@ CARRIERS = {
 }
 
 
-@lru_cache(maxsize=None)
+@cache
 def carrier_dir(dist: str) -> Path:
     """The installed directory of a carrier package, after checking its version against the pin."""
     carrier = CARRIERS[dist]
@@ -58,7 +58,7 @@ def carrier_dir(dist: str) -> Path:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _verified(path: Path, sha256: str) -> Path:
     actual = sha256_file(path)
     if actual != sha256:

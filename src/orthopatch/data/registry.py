@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import yaml
@@ -217,7 +217,7 @@ def _resolve_files(spec: DatasetSpec) -> list[Path]:
     return paths
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_dataset(name: str) -> Dataset:
     """Load a registered dataset by name (verified, deduplicated by prompt)."""
     if name not in REGISTRY:

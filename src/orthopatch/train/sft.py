@@ -60,14 +60,14 @@ def train_patch(cfg: TrainConfig, *, overwrite: bool = False, progress: bool = T
     output = check_new_output(cfg.output, overwrite)
     set_seed(cfg.seed, deterministic=False)
 
-    # 1. Base model and data.
+    # 1. Data (validated first: a bad file should fail before a large model is loaded), then the base model.
+    records, provenance = training_records(cfg.data, seed=cfg.seed, split_seed=cfg.split_seed,
+                                           max_examples=cfg.max_examples)
     if model_and_tokenizer is None:
         model, tokenizer, info = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device,
                                             trust_remote_code=cfg.trust_remote_code)
     else:
         model, tokenizer, info = model_and_tokenizer
-    records, provenance = training_records(cfg.data, seed=cfg.seed, split_seed=cfg.split_seed,
-                                           max_examples=cfg.max_examples)
     examples: list[TokenizedExample] = [tokenize_chat(tokenizer, r.chat(), cfg.max_length, r.id) for r in records]
 
     # 2. The patch: LoRA adapters on a frozen base.

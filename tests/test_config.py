@@ -1,0 +1,58 @@
+import pytest
+
+from orthopatch.config import EvalConfig, TrainConfig, load_config
+from orthopatch.errors import UserError
+
+
+def test_defaults_match_the_documented_recipe():
+    cfg = TrainConfig()
+    assert (cfg.lora.r, cfg.lora.alpha, cfg.lora.target_modules) == (8, 16, "all-linear")
+    assert cfg.data == ["advbench"] and cfg.model is None
+
+
+def test_yaml_then_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("lr: 1.0e-4\nlora:\n  r: 4\n  target_modules: [q_proj, v_proj]\nepochs: 3\n")
+    cfg = load_config(TrainConfig, path, ["lora.r=16", "lr=5e-5", "data=[a.jsonl]", "model=123"])
+    assert cfg.lora.r == 16 and cfg.lr == 5e-5 and cfg.epochs == 3
+    assert cfg.lora.target_modules == ["q_proj", "v_proj"] and cfg.data == ["a.jsonl"]
+    assert cfg.model == "123"  # a model name that looks like a number stays a string
+
+
+def test_int_is_accepted_for_float():
+    assert load_config(TrainConfig, None, ["lr=1"]).lr == 1.0
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "field"),
+    [("lr: 1e-4\nbogus: 3\n", 2, "bogus"), ("lora:\n  r: eight\n", 2, "lora.r"),
+     ("lora:\n  rank: 8\n", 2, "lora.rank"), ("epochs: 2.5\n", 1, "epochs")],
+)
+def test_yaml_errors_name_file_line_field(tmp_path, text, line, field):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(UserError) as info:
+        load_config(TrainConfig, path)
+    assert info.value.path == str(path) and info.value.line == line and info.value.field == field
+    assert str(info.value).startswith(f"{path}:{line}: field '{field}'")
+
+
+def test_override_errors():
+    with pytest.raises(UserError, match="unknown key"):
+        load_config(EvalConfig, None, ["n_harmfull=3"])
+    with pytest.raises(UserError, match="key=value"):
+        load_config(EvalConfig, None, ["n_harmful"])
+    with pytest.raises(UserError, match="expected"):
+        load_config(EvalConfig, None, ["show_text=maybe"])
+
+
+def test_invalid_yaml_and_non_mapping(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("lr: [1, 2\n")
+    with pytest.raises(UserError, match="invalid YAML"):
+        load_config(TrainConfig, bad)
+    bad.write_text("- 1\n- 2\n")
+    with pytest.raises(UserError, match="mapping"):
+        load_config(TrainConfig, bad)
+    with pytest.raises(UserError, match="not found"):
+        load_config(TrainConfig, tmp_path / "missing.yaml")

@@ -1,0 +1,97 @@
+"""The LoRA refusal-SFT recipe on tiny random models: a matrix over architectures and target modules."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from orthopatch.config import LoraSettings, TrainConfig
+from orthopatch.errors import UserError
+from orthopatch.models.loading import load_model
+from orthopatch.patches.manifest import MANIFEST, apply_patch, verify_patch
+from orthopatch.train.sft import train_patch
+
+TARGETS = {"llama": ["q_proj", "v_proj"], "qwen2": ["up_proj"], "gpt2": ["c_attn"]}
+CASES = [(arch, target) for arch in ("llama", "qwen2", "gpt2") for target in ("all-linear", "subset")]
+
+
+def train_cfg(model_dir, data, output, **kw):
+    base = dict(model=str(model_dir), data=[str(data)], output=str(output), epochs=2, batch_size=4, lr=5e-3,
+                device="cpu", lora=LoraSettings(r=4, alpha=8, dropout=0.0))
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@pytest.mark.parametrize(("arch", "target"), CASES)
+def test_patch_trains_only_adapters_and_loads_in_plain_peft(tiny_models, refusal_jsonl, tmp_path, arch, target):
+    from peft import PeftModel
+
+    model_dir = tiny_models[arch]
+    targets = "all-linear" if target == "all-linear" else TARGETS[arch]
+    cfg = train_cfg(model_dir, refusal_jsonl, tmp_path / "patch",
+                    lora=LoraSettings(r=4, alpha=8, dropout=0.0, target_modules=targets))
+    before = {k: v.clone() for k, v in load_file(model_dir / "model.safetensors").items()}
+    model, tokenizer, info = load_model(str(model_dir), device="cpu")
+    patch = train_patch(cfg, progress=False, model_and_tokenizer=(model, tokenizer, info))
+
+    # The caller's base is left as it was: same weights, no LoRA layers.
+    state = model.state_dict()
+    assert not any("lora_" in k for k in state)
+    for key, value in before.items():
+        assert torch.equal(state[key], value), key
+
+    # Only adapter tensors were saved, they moved away from the B=0 init, and they sit where asked.
+    adapter = load_file(patch / "adapter_model.safetensors")
+    assert adapter and all("lora_" in k for k in adapter)
+    assert any(v.abs().sum() > 0 for k, v in adapter.items() if "lora_B" in k)
+    if target == "subset":
+        assert all(any(t in k for t in TARGETS[arch]) for k in adapter)
+
+    manifest = json.loads((patch / MANIFEST).read_text())
+    assert manifest["base"]["fingerprint"] == info.fingerprint
+    assert manifest["config"]["lora"]["r"] == 4 and manifest["seed"] == 0
+    assert manifest["data"]["n_examples"] == 12 and len(manifest["data"]["records_sha256"]) == 64
+    assert {"torch", "transformers", "peft", "python"} <= set(manifest["libraries"])
+    cost = manifest["cost"]
+    assert cost["tokens_trained"] > cost["label_tokens"] > 0 and cost["wall_seconds"] > 0
+    assert cost["peak_memory_mb"] > 0 and cost["trainable_parameters"] > 0
+    log = [json.loads(line) for line in (patch / "train_log.jsonl").read_text().splitlines()]
+    assert len(log) == cost["optimizer_steps"] == 6 and log[-1]["loss"] < log[0]["loss"]
+    verify_patch(patch, info.fingerprint)
+
+    # Plain PEFT and orthopatch give the same logits.
+    x = tokenizer("What is the capital of France?", return_tensors="pt")
+    ours, _ = apply_patch(load_model(str(model_dir), device="cpu")[0], patch, info.fingerprint)
+    plain = PeftModel.from_pretrained(load_model(str(model_dir), device="cpu")[0], str(patch))
+    with torch.no_grad():
+        diff = (ours(**x).logits - plain(**x).logits).abs().max().item()
+        base_logits = load_model(str(model_dir), device="cpu")[0](**x).logits
+        assert (ours(**x).logits - base_logits).abs().max().item() > 1e-4  # the patch does something
+    assert diff < 1e-4
+
+
+def test_same_seed_same_patch_bitwise(tiny_model, refusal_jsonl, tmp_path):
+    a = train_patch(train_cfg(tiny_model, refusal_jsonl, tmp_path / "a"), progress=False)
+    b = train_patch(train_cfg(tiny_model, refusal_jsonl, tmp_path / "b"), progress=False)
+    c = train_patch(train_cfg(tiny_model, refusal_jsonl, tmp_path / "c", seed=1), progress=False)
+    files = {p: json.loads((p / MANIFEST).read_text())["files"]["adapter_model.safetensors"] for p in (a, b, c)}
+    assert files[a] == files[b] != files[c]
+
+
+def test_existing_output_is_never_overwritten_unasked(tiny_model, refusal_jsonl, tmp_path):
+    out = tmp_path / "patch"
+    out.mkdir()
+    (out / "mine.txt").write_text("keep me")
+    with pytest.raises(UserError, match="already exists"):
+        train_patch(train_cfg(tiny_model, refusal_jsonl, out), progress=False)
+    assert (out / "mine.txt").read_text() == "keep me"
+    train_patch(train_cfg(tiny_model, refusal_jsonl, out, epochs=1), progress=False, overwrite=True)
+    assert not (out / "mine.txt").exists() and (out / MANIFEST).is_file()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary leftovers
+
+
+def test_unknown_method_is_a_user_error(tiny_model, refusal_jsonl, tmp_path):
+    with pytest.raises(UserError, match="unknown method"):
+        train_patch(train_cfg(tiny_model, refusal_jsonl, tmp_path / "p", method="magic"), progress=False)
+    assert not (tmp_path / "p").exists()

@@ -57,6 +57,23 @@ def build_parser() -> argparse.ArgumentParser:
     _common(demo, with_config=False)
     demo.add_argument("--quick", action="store_true", help="a smoke-sized run (less data, fewer samples)")
 
+    an = sub.add_parser("analyze", help="geometry of patches / fine-tuned models against their base",
+                        description="Orthogonality to W0 (paper's measure, principal angles, projection energy, each "
+                                    "with a random baseline), update magnitudes, interference and hidden-state "
+                                    "shift; writes geometry.json, geometry.csv and per-layer figures.")
+    an.add_argument("targets", nargs="+", help="LoRA patch directories and/or fully fine-tuned model directories")
+    an.add_argument("--base", help="the base model (default: the embedded SmolLM2-135M)")
+    an.add_argument("--labels", nargs="+", help="one label per target (default: directory names)")
+    an.add_argument("--k", dest="ks", nargs="+", type=int, default=[32, 128],
+                    help="sizes of W0's top-k subspace to compare with, besides k = r (default: 32 128)")
+    an.add_argument("--rank", type=int, default=8, help="ΔW directions compared for a full fine-tuning update")
+    an.add_argument("--no-functional", action="store_true", help="skip interference and hidden-state shift")
+    an.add_argument("--n-prompts", type=int, default=24, help="prompts per set for the functional measures")
+    an.add_argument("--allow-base-mismatch", action="store_true")
+    an.add_argument("--output", default="runs/analysis")
+    an.add_argument("--overwrite", action="store_true")
+    an.add_argument("-v", "--verbose", action="store_true")
+
     sub.add_parser("datasets", help="list the registered datasets (names, kinds, counts; never their text)")
     return parser
 
@@ -110,6 +127,17 @@ def main(argv: list[str] | None = None) -> int:
             path, record = run_eval(cfg, overwrite=args.overwrite, progress=progress, command=command)
             print(side_by_side({"patched" if cfg.patch else "base": record}, title=f"orthopatch eval: {path}"))
             print(f"results written to {path}")
+            return 0
+        if args.command == "analyze":
+            from orthopatch.analysis.run import AnalyzeConfig, analyze
+            from orthopatch.report.table import geometry_table
+
+            cfg = AnalyzeConfig(targets=args.targets, labels=args.labels, base=args.base, output=args.output,
+                                ks=args.ks, rank=args.rank, functional=not args.no_functional,
+                                n_prompts=args.n_prompts, allow_base_mismatch=args.allow_base_mismatch)
+            path, results = analyze(cfg, overwrite=args.overwrite)
+            print(geometry_table(results))
+            print(f"geometry written to {path}")
             return 0
         if args.command == "demo":
             from orthopatch.recipes.demo import run_demo

@@ -33,7 +33,7 @@ class LoraSettings:
 class TrainConfig:
     model: str | None = None  # HF id, local directory, or None/"embedded" for the embedded SmolLM2
     output: str = "runs/patch"
-    method: str = "lora-sft"
+    method: str = "lora-sft"  # or "full-sft" (every parameter; the paper's baseline)
     # Registered dataset names (their train split; harmful sets get project-written refusal targets) or paths to
     # user JSONL files (trained on as given).
     data: list[str] = field(default_factory=lambda: ["advbench"])

@@ -34,9 +34,10 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def adapter_hashes(directory: Path) -> dict[str, str]:
-    return {p.name: sha256_file(p) for p in sorted(directory.iterdir())
-            if p.is_file() and p.name.startswith("adapter_")}
+def artifact_hashes(directory: Path) -> dict[str, str]:
+    """sha256 of the files a run produced (adapter or model weights, configs, tokenizer), not its logs."""
+    skip = {MANIFEST, "train_log.jsonl"}
+    return {p.name: sha256_file(p) for p in sorted(directory.iterdir()) if p.is_file() and p.name not in skip}
 
 
 def build_manifest(directory: Path, **fields: Any) -> dict[str, Any]:
@@ -45,7 +46,7 @@ def build_manifest(directory: Path, **fields: Any) -> dict[str, Any]:
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         **fields,
         "libraries": library_versions(),
-        "files": adapter_hashes(directory),
+        "files": artifact_hashes(directory),
     }
 
 
@@ -75,6 +76,9 @@ def verify_patch(directory: str | Path, base_fingerprint: str | None = None,
         raise UserError(f"refusing a patch with pickle files ({', '.join(sorted(pickles))}); only safetensors "
                         "are read", path=directory)
     expected = manifest.get("files") or {}
+    if manifest.get("kind") != "lora":
+        raise UserError(f"not a LoRA patch (kind {manifest.get('kind')!r}); load a full model with --model",
+                        path=directory / MANIFEST, field="kind")
     if "adapter_model.safetensors" not in expected:
         raise UserError("the manifest lists no adapter_model.safetensors", path=directory / MANIFEST, field="files")
     for name, sha in expected.items():

@@ -52,3 +52,37 @@ def side_by_side(columns: dict[str, dict[str, Any]], title: str = "orthopatch") 
     with console.capture() as capture:
         console.print(table)
     return capture.get()
+
+
+def geometry_table(results: dict[str, Any]) -> str:
+    """Overall means per target: orthogonality with random baselines, magnitudes, functional measures."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="orthopatch analyze (means over modules; random-subspace value in brackets)")
+    table.add_column("measure")
+    targets = results["targets"]
+    for label in targets:
+        table.add_column(label, justify="right")
+    summaries = {label: entry["summary"]["all"] for label, entry in targets.items()}
+    keys = sorted({k for s in summaries.values() for k in s if not k.split("/")[-1].startswith("random")
+                   and k != "n_modules"})
+
+    def cell(summary: dict, key: str) -> str:
+        if key not in summary:
+            return "-"
+        prefix, _, name = key.rpartition("/")
+        random = summary.get(f"{prefix}/random_{name}") if prefix else None
+        return f"{summary[key]:.4g}" + (f" [{random:.3g}]" if random is not None else "")
+
+    for key in keys:
+        table.add_row(key, *(cell(summaries[label], key) for label in targets))
+    for which in ("benign", "jailbreak"):
+        if all("hidden_shift" in e for e in targets.values()):
+            table.add_row(f"hidden shift {which}, mean over layers (relative, last token)",
+                          *(f"{sum(r['last_relative'] for r in e['hidden_shift'][which]) / len(e['hidden_shift'][which]):.4g}"
+                            for e in targets.values()))
+    console = Console(width=160, record=True, force_terminal=False)
+    with console.capture() as capture:
+        console.print(table)
+    return capture.get()

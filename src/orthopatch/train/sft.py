@@ -1,4 +1,5 @@
-"""Refusal-SFT recipe: train a LoRA safety patch. The whole run reads top to bottom in :func:`train_patch`.
+"""Refusal-SFT recipe: train a LoRA safety patch (``lora-sft``) or, as the paper's baseline, fine-tune every
+parameter (``full-sft``). The whole run reads top to bottom in :func:`train_patch`.
 
 A plain PyTorch loop under :mod:`accelerate` rather than TRL's SFTTrainer: on the 2-core reference machine the plain
 loop ran 1.2-1.4x faster on identical work (PROBES.md), the assistant-only mask is built and checked here anyway, and
@@ -7,6 +8,7 @@ loop ran 1.2-1.4x faster on identical work (PROBES.md), the assistant-only mask 
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import resource
@@ -25,6 +27,8 @@ from orthopatch.io import atomic_dir, check_new_output, write_json_atomic
 from orthopatch.models.loading import load_model
 from orthopatch.patches.manifest import MANIFEST, build_manifest
 from orthopatch.train.tokenize import TokenizedExample, pad_batch, tokenize_chat
+
+METHODS = ("lora-sft", "full-sft")
 
 
 def lora_config(cfg: TrainConfig):
@@ -55,8 +59,8 @@ def train_patch(cfg: TrainConfig, *, overwrite: bool = False, progress: bool = T
     from tqdm.auto import tqdm
     from transformers import get_scheduler
 
-    if cfg.method != "lora-sft":
-        raise UserError(f"unknown method {cfg.method!r} (available: lora-sft)", field="method")
+    if cfg.method not in METHODS:
+        raise UserError(f"unknown method {cfg.method!r} (available: {', '.join(METHODS)})", field="method")
     output = check_new_output(cfg.output, overwrite)
     set_seed(cfg.seed, deterministic=False)
 
@@ -70,8 +74,12 @@ def train_patch(cfg: TrainConfig, *, overwrite: bool = False, progress: bool = T
         model, tokenizer, info = model_and_tokenizer
     examples: list[TokenizedExample] = [tokenize_chat(tokenizer, r.chat(), cfg.max_length, r.id) for r in records]
 
-    # 2. The patch: LoRA adapters on a frozen base.
-    peft_model = get_peft_model(model, lora_config(cfg))
+    # 2. The patch: LoRA adapters on a frozen base; or, for full-sft, every weight of a copy of the base.
+    if cfg.method == "lora-sft":
+        peft_model = get_peft_model(model, lora_config(cfg))
+    else:
+        peft_model = copy.deepcopy(model) if model_and_tokenizer is not None else model
+        peft_model.requires_grad_(True)
     trainable = [p for p in peft_model.parameters() if p.requires_grad]
     n_trainable = sum(p.numel() for p in trainable)
 
@@ -118,10 +126,12 @@ def train_patch(cfg: TrainConfig, *, overwrite: bool = False, progress: bool = T
     unwrapped = accelerator.unwrap_model(peft_model)
     with atomic_dir(output, overwrite=overwrite) as tmp:
         unwrapped.save_pretrained(str(tmp), safe_serialization=True)
+        if cfg.method == "full-sft":  # a standalone model directory: loadable like any HF model
+            tokenizer.save_pretrained(str(tmp))
         (tmp / "train_log.jsonl").write_text("".join(json.dumps(row) + "\n" for row in log), encoding="utf-8")
         manifest = build_manifest(
             tmp,
-            kind="lora",
+            kind="lora" if cfg.method == "lora-sft" else "full",
             method=cfg.method,
             base=info.to_dict(),
             config=to_dict(cfg),
@@ -144,5 +154,6 @@ def train_patch(cfg: TrainConfig, *, overwrite: bool = False, progress: bool = T
         )
         write_json_atomic(tmp / MANIFEST, manifest)
     # The caller's base model must stay usable (the demo evaluates with it): strip the LoRA layers back out.
-    unwrapped.unload()
+    if cfg.method == "lora-sft":
+        unwrapped.unload()
     return output

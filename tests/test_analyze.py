@@ -72,6 +72,8 @@ def test_analyze_writes_results_and_figures(tiny_models, runs, tmp_path, capsys)
     assert len(lora["hidden_shift"]["benign"]) == 2 and lora["hidden_shift"]["jailbreak"][0]["last"] > 0
     assert all(r["interference"] >= 0 for r in lora["modules"])
     assert full["summary"]["all"]["significant_singular_values"] > 2
+    overlap = results["overlap"]["lora vs full"]
+    assert overlap["n_modules"] == len(lora["modules"]) and 0 <= overlap["mso_input"] <= 1
     # The console entry point prints a table with both targets.
     assert main(["analyze", str(runs["llama", "lora"]), "--base", str(tiny_models["llama"]), "--k", "4",
                  "--rank", "2", "--n-prompts", "2", "--output", str(tmp_path / "cli")]) == 0

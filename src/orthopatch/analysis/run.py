@@ -100,6 +100,7 @@ def geometry_of(target: str, base: WeightReader, base_fp: str, cfg: AnalyzeConfi
                 baselines[key] = empirical_baselines(d_in, r, int(k), cfg.baseline_samples)
             measures["random"]["paper_similarity"] = baselines[key]["paper_similarity"]
             measures["random"]["mso_input_empirical"] = baselines[key]["mso"]
+            measures["random"]["energy_input_empirical"] = baselines[key]["projection_energy"]
         row["k"] = {("r" if int(k) == r else k): v for k, v in row["k"].items()}
         modules.append({"name": delta.name, "layer": delta.layer, "module_type": delta.module_type, **row})
         deltas.append(delta)
@@ -145,6 +146,23 @@ def functional_measures(target: str, kind: str, base_spec: str | None, deltas: l
                         "jailbreak_skipped_too_long": skipped}}
 
 
+def pairwise_overlap(factors: dict[str, dict[str, Factors]], rank: int) -> dict[str, dict[str, float]]:
+    """Cross-target overlap (stacked or successive patches): per pair, the mean over shared modules of MSO and the
+    largest principal cosine between the two updates' top-r subspaces, with the random-subspace MSO."""
+    from orthopatch.analysis.geometry import cross_overlap
+
+    labels = list(factors)
+    out = {}
+    for i, a in enumerate(labels):
+        for b in labels[i + 1:]:
+            shared = sorted(set(factors[a]) & set(factors[b]))
+            rows = [cross_overlap(factors[a][m], factors[b][m], rank) for m in shared]
+            if rows:
+                out[f"{a} vs {b}"] = {key: _mean([row[key] for row in rows]) for key in rows[0]} | \
+                    {"n_modules": len(rows)}
+    return out
+
+
 def analyze(cfg: AnalyzeConfig, *, overwrite: bool = False, echo=print) -> tuple[Path, dict[str, Any]]:
     from orthopatch.patches.manifest import verify_patch
     from orthopatch.report.figures import geometry_figures
@@ -162,6 +180,7 @@ def analyze(cfg: AnalyzeConfig, *, overwrite: bool = False, echo=print) -> tuple
                                                                              "fingerprint": base_fp},
                                "config": cfg.__dict__, "targets": {}}
     start = time.perf_counter()
+    factors: dict[str, dict[str, Factors]] = {}
     for target, label in zip(cfg.targets, labels, strict=True):
         if (Path(target) / "orthopatch.json").is_file() and (Path(target) / "adapter_config.json").is_file():
             verify_patch(target, base_fp, cfg.allow_base_mismatch)
@@ -177,7 +196,9 @@ def analyze(cfg: AnalyzeConfig, *, overwrite: bool = False, echo=print) -> tuple
             entry["functional_prompts"] = func["prompts"]
         entry["summary"] = summarise(modules)
         results["targets"][label] = entry
+        factors[label] = {d.name: d.delta for d in deltas}
         del deltas
+    results["overlap"] = pairwise_overlap(factors, cfg.rank)
     results["wall_seconds"] = round(time.perf_counter() - start, 2)
     with atomic_dir(cfg.output, overwrite=overwrite) as tmp:
         write_json_atomic(tmp / "geometry.json", results)

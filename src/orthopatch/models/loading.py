@@ -117,8 +117,6 @@ def load_model(
     import torch
     from transformers import AutoModelForCausalLM
 
-    if trust_remote_code:
-        os.environ.setdefault("ORTHOPATCH_TRUST_REMOTE_CODE_USED", "1")
     name, path = resolve_model_path(spec)
     weight_files(path)
     torch_dtype = getattr(torch, dtype, None)

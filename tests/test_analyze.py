@@ -70,7 +70,7 @@ def test_analyze_writes_results_and_figures(tiny_models, runs, tmp_path, capsys)
     assert row["r"] == 2 and row["significant_singular_values"] <= 2 and set(row["k"]) == {"r", "4", "16"}
     assert 0 <= row["k"]["r"]["paper_similarity"] <= 1 and "paper_similarity" in row["k"]["r"]["random"]
     assert len(lora["hidden_shift"]["benign"]) == 2 and lora["hidden_shift"]["jailbreak"][0]["last"] > 0
-    assert all(r["interference"] >= 0 for r in lora["modules"])
+    assert all(r["interference"] >= 0 and r["update_response"] > 0 for r in lora["modules"])
     assert full["summary"]["all"]["significant_singular_values"] > 2
     overlap = results["overlap"]["lora vs full"]
     assert overlap["n_modules"] == len(lora["modules"]) and 0 <= overlap["mso_input"] <= 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import signal
 import sys
 
 from orthopatch.errors import UserError
@@ -94,9 +95,15 @@ def _flow(items: list[str]) -> str:
     return json.dumps(items)
 
 
+def _raise_interrupt(_signum, _frame) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     command = "orthopatch " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+    # SIGTERM unwinds like Ctrl-C, so temporary outputs are removed on the way out.
+    signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         _quiet_libraries(getattr(args, "verbose", False))
         progress = not getattr(args, "quiet", False)
@@ -149,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"orthopatch: error: {error}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:
-        print("orthopatch: interrupted; no partial output was kept", file=sys.stderr)
+        print("orthopatch: interrupted; no partial output was kept (a rerun of a training command resumes from "
+              "its last checkpoint)", file=sys.stderr)
         return 130
     return 1
 

@@ -54,6 +54,7 @@ class TrainConfig:
     device: str = "auto"
     trust_remote_code: bool = False
     log_every: int = 5
+    checkpoint_every: int = 50  # batches between resumable checkpoints (0 = none)
 
 
 @dataclass

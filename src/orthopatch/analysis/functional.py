@@ -53,10 +53,12 @@ def hidden_shift(base_model, patched_model, tokenizer, prompts: list[str], *, ba
 
 @torch.no_grad()
 def interference(base_model, tokenizer, prompts: list[str], deltas: list[ModuleDelta], V0: dict[str, torch.Tensor],
-                 *, batch_size: int = 8) -> dict[str, float]:
-    """Per module: mean over benign tokens of ‖W0·x_Δ + ΔW·x_0‖ / ‖W0·x‖ (inputs captured from the base model)."""
+                 *, batch_size: int = 8) -> dict[str, dict[str, float]]:
+    """Per module, means over benign tokens (inputs captured from the base model) of
+    ``interference`` = ‖W0·x_Δ + ΔW·x_0‖ / ‖W0·x‖ and ``update_response`` = ‖ΔW·x‖ / ‖W0·x‖ (how much the update
+    changes the module's output on benign inputs)."""
     by_name = {d.name: d for d in deltas}
-    totals = {name: [0.0, 0] for name in by_name}
+    totals = {name: [0.0, 0.0, 0] for name in by_name}
     captured: dict[str, torch.Tensor] = {}
     hooks = []
     named = dict(base_model.named_modules())
@@ -83,10 +85,13 @@ def interference(base_model, tokenizer, prompts: list[str], deltas: list[ModuleD
                 x0 = (x @ v0) @ v0.T
                 xd = (x @ delta.delta.V) @ delta.delta.V.T
                 term = xd @ delta.W0.T + ((x0 @ delta.delta.V) * delta.delta.S) @ delta.delta.U.T
-                ratio = term.norm(dim=-1) / (x @ delta.W0.T).norm(dim=-1).clamp_min(1e-12)
-                totals[name][0] += float(ratio.sum())
-                totals[name][1] += ratio.numel()
+                base_out = (x @ delta.W0.T).norm(dim=-1).clamp_min(1e-12)
+                update_out = ((x @ delta.delta.V) * delta.delta.S) @ delta.delta.U.T
+                totals[name][0] += float((term.norm(dim=-1) / base_out).sum())
+                totals[name][1] += float((update_out.norm(dim=-1) / base_out).sum())
+                totals[name][2] += x.shape[0]
     finally:
         for handle in hooks:
             handle.remove()
-    return {name: total / count for name, (total, count) in totals.items() if count}
+    return {name: {"interference": cross / count, "update_response": update / count}
+            for name, (cross, update, count) in totals.items() if count}

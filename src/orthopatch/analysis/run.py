@@ -40,6 +40,10 @@ class AnalyzeConfig:
     allow_base_mismatch: bool = False
 
 
+SCALARS = ("fro", "spectral", "relative_fro", "stable_rank", "significant_singular_values", "interference",
+           "update_response")
+
+
 def cached_top_singular(base_fp: str, name: str, W0: torch.Tensor, k: int) -> Factors:
     """W0's top-k singular triplets, cached per base fingerprint (they are reused by every patch of that base)."""
     path = cache_root() / "geometry" / base_fp[:16] / f"{name}.k{k}.safetensors"
@@ -68,8 +72,7 @@ def summarise(modules: list[dict[str, Any]]) -> dict[str, Any]:
     for group, rows in groups.items():
         flat: dict[str, list[float]] = defaultdict(list)
         for row in rows:
-            for key in ("fro", "spectral", "relative_fro", "stable_rank", "significant_singular_values",
-                        "interference"):
+            for key in SCALARS:
                 if key in row:
                     flat[key].append(float(row[key]))
             for k_name, measures in row["k"].items():
@@ -191,7 +194,7 @@ def analyze(cfg: AnalyzeConfig, *, overwrite: bool = False, echo=print) -> tuple
         if cfg.functional:
             func = functional_measures(target, kind, cfg.base, deltas, base_fp, cfg)
             for row in modules:
-                row["interference"] = func["interference"].get(row["name"], float("nan"))
+                row.update(func["interference"].get(row["name"], {}))
             entry["hidden_shift"] = func["hidden_shift"]
             entry["functional_prompts"] = func["prompts"]
         entry["summary"] = summarise(modules)
@@ -213,8 +216,7 @@ def to_csv(results: dict[str, Any]) -> str:
     writer.writerow(["target", "kind", "module", "layer", "module_type", "k", "measure", "value", "random"])
     for label, entry in results["targets"].items():
         for row in entry["modules"]:
-            for key in ("fro", "spectral", "relative_fro", "stable_rank", "significant_singular_values",
-                        "interference"):
+            for key in SCALARS:
                 if key in row:
                     writer.writerow([label, entry["kind"], row["name"], row["layer"], row["module_type"], "", key,
                                      row[key], ""])

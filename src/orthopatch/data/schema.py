@@ -113,6 +113,9 @@ def parse_user_line(obj: Any, path: Path, line: int, default_id: str) -> Record:
     return Record(id=record_id, prompt=prompt, response=response)
 
 
+MAX_LINE_BYTES = 1 << 20  # 1 MiB: far above any real example, far below a runaway or corrupt line
+
+
 def load_user_jsonl(path: str | Path, name: str | None = None) -> list[Record]:
     """Read and validate a user JSONL file; raises UserError on the first bad line."""
     path = Path(path)
@@ -126,14 +129,18 @@ def load_user_jsonl(path: str | Path, name: str | None = None) -> list[Record]:
         raise UserError("is not valid UTF-8", path=path, line=line) from None
     records: list[Record] = []
     seen: dict[str, int] = {}
-    for number, raw in enumerate(text.splitlines(), start=1):
+    for number, raw in enumerate(text.split("\n"), start=1):
         if not raw.strip():
             continue
+        if len(raw) > MAX_LINE_BYTES:
+            raise UserError(f"line is too long ({len(raw)} characters; the limit is {MAX_LINE_BYTES})", path=path,
+                            line=number)
         try:
             obj = json.loads(raw)
         except json.JSONDecodeError as error:
             raise UserError(f"invalid JSON ({error.msg} at column {error.colno})", path=path, line=number) from None
         record = parse_user_line(obj, path, number, default_id=f"{name}:{number}")
+        record.meta.update(source=str(path), line=number)
         if record.id in seen:
             raise UserError(f"duplicate id {record.id!r} (first on line {seen[record.id]})", path=path, line=number,
                             field="id")

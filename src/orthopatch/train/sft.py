@@ -11,11 +11,12 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import resource
+import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -23,9 +24,10 @@ from orthopatch.config import TrainConfig, to_dict
 from orthopatch.data.assemble import training_records
 from orthopatch.data.refusals import REFUSALS_VERSION
 from orthopatch.errors import UserError
-from orthopatch.io import atomic_dir, check_new_output, write_json_atomic
+from orthopatch.io import atomic_dir, check_new_output, sha256_json, write_json_atomic
 from orthopatch.models.loading import load_model
 from orthopatch.patches.manifest import MANIFEST, build_manifest
+from orthopatch.train import checkpoint
 from orthopatch.train.tokenize import TokenizedExample, pad_batch, tokenize_chat
 
 METHODS = ("lora-sft", "full-sft")
@@ -54,7 +56,7 @@ def train_patch(cfg: TrainConfig, *, overwrite: bool = False, progress: bool = T
                 model_and_tokenizer: tuple | None = None) -> Path:
     """Train a LoRA patch as ``cfg`` says and write it atomically to ``cfg.output``; return that path."""
     from accelerate import Accelerator
-    from accelerate.utils import DataLoaderConfiguration, set_seed
+    from accelerate.utils import set_seed
     from peft import get_peft_model
     from tqdm.auto import tqdm
     from transformers import get_scheduler
@@ -72,7 +74,12 @@ def train_patch(cfg: TrainConfig, *, overwrite: bool = False, progress: bool = T
                                             trust_remote_code=cfg.trust_remote_code)
     else:
         model, tokenizer, info = model_and_tokenizer
-    examples: list[TokenizedExample] = [tokenize_chat(tokenizer, r.chat(), cfg.max_length, r.id) for r in records]
+    context = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
+    examples: list[TokenizedExample] = [
+        tokenize_chat(tokenizer, r.chat(), cfg.max_length, r.id, context,
+                      (r.meta["source"], r.meta["line"]) if "line" in r.meta else None)
+        for r in records
+    ]
 
     # 2. The patch: LoRA adapters on a frozen base; or, for full-sft, every weight of a copy of the base.
     if cfg.method == "lora-sft":
@@ -83,26 +90,41 @@ def train_patch(cfg: TrainConfig, *, overwrite: bool = False, progress: bool = T
     trainable = [p for p in peft_model.parameters() if p.requires_grad]
     n_trainable = sum(p.numel() for p in trainable)
 
-    # 3. Loop.
-    accelerator = Accelerator(cpu=str(model.device) == "cpu", gradient_accumulation_steps=cfg.grad_accum,
-                              dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
-    loader = torch.utils.data.DataLoader(
-        examples, batch_size=cfg.batch_size, shuffle=True,
-        generator=torch.Generator().manual_seed(cfg.seed),
-        collate_fn=lambda batch: pad_batch(batch, tokenizer.pad_token_id),
-    )
+    # 3. Loop. The data order of each epoch is a seeded permutation, so a resumed run sees the same batches.
+    accelerator = Accelerator(cpu=str(model.device) == "cpu", gradient_accumulation_steps=cfg.grad_accum)
+    batches_per_epoch = math.ceil(len(examples) / cfg.batch_size)
     optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps = cfg.epochs * math.ceil(len(loader) / cfg.grad_accum)
+    steps = cfg.epochs * math.ceil(batches_per_epoch / cfg.grad_accum)
     scheduler = get_scheduler(cfg.scheduler, optimizer, num_warmup_steps=int(cfg.warmup_ratio * steps),
                               num_training_steps=steps)
-    peft_model, optimizer, loader, scheduler = accelerator.prepare(peft_model, optimizer, loader, scheduler)
+    peft_model, optimizer, scheduler = accelerator.prepare(peft_model, optimizer, scheduler)
+    key = sha256_json({"config": {k: v for k, v in to_dict(cfg).items() if k not in ("output", "log_every")},
+                       "base": info.fingerprint, "data": provenance["records_sha256"]})
+    ckpt_root = checkpoint.checkpoint_root(output)
+    resumed = checkpoint.load(ckpt_root, key, overwrite)
+    done, log, tokens, label_tokens, elapsed = 0, [], 0, 0, 0.0
+    if resumed is not None:
+        state, tensors = resumed
+        checkpoint.restore(state, tensors, model=peft_model, optimizer=optimizer, scheduler=scheduler)
+        done, log = state["batches_done"], state["log"]
+        tokens, label_tokens, elapsed = state["tokens"], state["label_tokens"], state["elapsed"]
+    # Fault injection for the crash-safety tests: "N" or "N:SIGNAME" kills this process after batch N.
+    fault = os.environ.get("ORTHOPATCH_FAULT_AFTER_STEPS", "0").split(":")
+    fault_after, fault_signal = int(fault[0]), getattr(signal, fault[1] if len(fault) > 1 else "SIGKILL")
     peft_model.train()
-    log: list[dict[str, Any]] = []
-    tokens = label_tokens = 0
     start = time.perf_counter()
-    bar = tqdm(total=cfg.epochs * len(loader), desc="train", disable=not progress, file=sys.stderr)
-    for epoch in range(cfg.epochs):
-        for step, batch in enumerate(loader):
+    total_batches = cfg.epochs * batches_per_epoch
+    bar = tqdm(total=total_batches, initial=done, desc="train", disable=not progress,
+               file=sys.stderr)
+    for epoch in range(done // batches_per_epoch, cfg.epochs):
+        order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch))
+        batches = [order[i:i + cfg.batch_size].tolist() for i in range(0, len(examples), cfg.batch_size)]
+        loader = accelerator.prepare(torch.utils.data.DataLoader(
+            examples, batch_sampler=batches, collate_fn=lambda batch: pad_batch(batch, tokenizer.pad_token_id)))
+        skip = done - epoch * batches_per_epoch
+        if skip > 0:
+            loader = accelerator.skip_first_batches(loader, skip)
+        for step, batch in enumerate(loader, start=max(skip, 0)):
             with accelerator.accumulate(peft_model):
                 loss = peft_model(**batch).loss
                 accelerator.backward(loss)
@@ -114,11 +136,20 @@ def train_patch(cfg: TrainConfig, *, overwrite: bool = False, progress: bool = T
             tokens += int(batch["attention_mask"].sum())
             label_tokens += int((batch["labels"] != -100).sum())
             log.append({"epoch": epoch, "step": step, "loss": round(loss.item(), 6), "lr": scheduler.get_last_lr()[0]})
+            done += 1
             bar.update(1)
             if step % cfg.log_every == 0:
                 bar.set_postfix(loss=f"{loss.item():.4f}")
+            if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < total_batches \
+                    and accelerator.sync_gradients and accelerator.is_main_process:
+                checkpoint.save(ckpt_root, done, key=key, model=peft_model, optimizer=optimizer, scheduler=scheduler,
+                                progress={"batches_done": done, "log": log, "tokens": tokens,
+                                          "label_tokens": label_tokens,
+                                          "elapsed": elapsed + time.perf_counter() - start})
+            if fault_after and done == fault_after:
+                os.kill(os.getpid(), fault_signal)
     bar.close()
-    wall = time.perf_counter() - start
+    wall = elapsed + time.perf_counter() - start
     if not all(math.isfinite(row["loss"]) for row in log):
         raise RuntimeError("training diverged (non-finite loss); nothing was written")
 
@@ -145,6 +176,7 @@ def train_patch(cfg: TrainConfig, *, overwrite: bool = False, progress: bool = T
                 "tokens_trained": tokens,
                 "label_tokens": label_tokens,
                 "wall_seconds": round(wall, 2),
+                "resumed_from_batch": resumed[0]["batches_done"] if resumed else None,
                 "tokens_per_second": round(tokens / wall, 1) if wall > 0 else None,
                 "peak_memory_mb": round(peak_memory_mb(str(model.device)), 1),
                 "trainable_parameters": n_trainable,
@@ -153,6 +185,7 @@ def train_patch(cfg: TrainConfig, *, overwrite: bool = False, progress: bool = T
             final_loss=log[-1]["loss"] if log else None,
         )
         write_json_atomic(tmp / MANIFEST, manifest)
+    checkpoint.discard(ckpt_root)
     # The caller's base model must stay usable (the demo evaluates with it): strip the LoRA layers back out.
     if cfg.method == "lora-sft":
         unwrapped.unload()

@@ -49,10 +49,17 @@ def assistant_spans(tokenizer, messages: list[dict[str, str]]) -> tuple[str, lis
     return full, spans
 
 
-def tokenize_chat(tokenizer, messages: list[dict[str, str]], max_length: int, example_id: str) -> TokenizedExample:
+def tokenize_chat(tokenizer, messages: list[dict[str, str]], max_length: int, example_id: str,
+                  context_length: int | None = None, source: tuple[str, int] | None = None) -> TokenizedExample:
+    """Token ids and labels of one conversation; ``source`` (file, line) is named in errors."""
+    where = {"path": source[0], "line": source[1]} if source else {}
     text, spans = assistant_spans(tokenizer, messages)
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids: list[int] = encoded["input_ids"]
+    prompt_tokens = sum(1 for s, _ in encoded["offset_mapping"] if s < spans[0][0]) if spans else len(ids)
+    if context_length is not None and prompt_tokens >= context_length:
+        raise UserError(f"example {example_id!r}: the prompt is {prompt_tokens} tokens, longer than the model's "
+                        f"context ({context_length})", field="prompt", **where)
     labels = [IGNORE_INDEX] * len(ids)
     for index, (start, end) in enumerate(encoded["offset_mapping"]):
         if any(s <= start < e for s, e in spans) and end > start:
@@ -61,7 +68,8 @@ def tokenize_chat(tokenizer, messages: list[dict[str, str]], max_length: int, ex
     example = TokenizedExample(id=example_id, input_ids=ids, labels=labels)
     if example.n_label_tokens == 0:
         raise UserError(f"example {example_id!r} has no assistant tokens left to train on after masking "
-                        f"(max_length={max_length} cuts them all, or the response is empty)", field="max_length")
+                        f"(max_length={max_length} cuts them all, or the response is empty)", field="max_length",
+                        **where)
     return example
 
 

@@ -18,6 +18,14 @@ import yaml
 
 from orthopatch.errors import UserError
 
+METHODS = ("lora-sft", "full-sft")
+
+
+def _judges() -> list[str]:
+    from orthopatch.evaluate.judges import JUDGES
+
+    return sorted(JUDGES)
+
 
 @dataclass
 class LoraSettings:
@@ -33,7 +41,7 @@ class LoraSettings:
 class TrainConfig:
     model: str | None = None  # HF id, local directory, or None/"embedded" for the embedded SmolLM2
     output: str = "runs/patch"
-    method: str = "lora-sft"  # or "full-sft" (every parameter; the paper's baseline)
+    method: str = field(default="lora-sft", metadata={"choices": lambda: METHODS})  # full-sft: every parameter
     # Registered dataset names (their train split; harmful sets get project-written refusal targets) or paths to
     # user JSONL files (trained on as given).
     data: list[str] = field(default_factory=lambda: ["advbench"])
@@ -78,7 +86,7 @@ class EvalConfig:
     max_new_tokens: int = 32
     trivia_max_new_tokens: int = 24
     batch_size: int = 16
-    judge: str = "strmatch-refusal"
+    judge: str = field(default="strmatch-refusal", metadata={"choices": _judges})
     patch_scale: float = 1.0
     dtype: str = "float32"
     device: str = "auto"
@@ -136,6 +144,10 @@ def _set(cfg: Any, dotted: str, value: Any, *, path: str | None = None, line: in
             value = float(value)
     if not _type_ok(value, hint):
         raise UserError(f"expected {_describe(hint)}, got {type(value).__name__} {value!r}", path=path, line=line,
+                        field=dotted)
+    choices = next(f for f in dataclasses.fields(target) if f.name == leaf).metadata.get("choices")
+    if choices is not None and value not in choices():
+        raise UserError(f"unknown value {value!r}; choose one of: {', '.join(choices())}", path=path, line=line,
                         field=dotted)
     setattr(target, leaf, value)
 

@@ -15,8 +15,10 @@ def render_template(template: Record, goal: str) -> str:
     """Render one template with ``prompt`` = goal; a template that fails or breaks the sandbox is an error."""
     try:
         return _ENV.from_string(template.prompt).render(prompt=goal)
-    except TemplateError as error:  # SecurityError is a TemplateError
-        raise UserError(f"template {template.id} failed to render: {type(error).__name__}") from None
+    except (TemplateError, ArithmeticError, RecursionError, TypeError, ValueError, LookupError) as error:
+        # SecurityError (an attribute reaching Python internals) is a TemplateError; the sandbox's range cap
+        # raises OverflowError. The message names the template, never its text.
+        raise UserError(f"template {template.id} failed to render ({type(error).__name__})") from None
 
 
 def wrap(goals: list[Record], templates: list[Record], max_chars: int = 2000) -> tuple[list[Record], int]:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from orthopatch.config import TrainConfig, to_dict
+from orthopatch.config import METHODS, TrainConfig, to_dict
 from orthopatch.data.assemble import training_records
 from orthopatch.data.refusals import REFUSALS_VERSION
 from orthopatch.errors import UserError
@@ -29,8 +29,6 @@ from orthopatch.models.loading import load_model
 from orthopatch.patches.manifest import MANIFEST, build_manifest
 from orthopatch.train import checkpoint
 from orthopatch.train.tokenize import TokenizedExample, pad_batch, tokenize_chat
-
-METHODS = ("lora-sft", "full-sft")
 
 
 def lora_config(cfg: TrainConfig):

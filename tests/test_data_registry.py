@@ -12,7 +12,7 @@ from orthopatch.errors import UserError
 # Unique records after case/whitespace-insensitive deduplication (ASSETS.md gives the raw file counts).
 EXPECTED = {"harmbench": 200, "advbench": 520, "donotanswer": 938, "past_tense": 729,
             "pyrit_jailbreak_templates": 644, "rho_overrefusal": 150, "wsr_benign": 60, "trivia": 260,
-            "book_cloze": 1418, "fact_pairs": 150}
+            "book_cloze": 1418, "fact_pairs": 150, "chatterbot_prompts": 488}
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
@@ -28,7 +28,7 @@ def test_counts_and_stable_hash(name):
 
 def test_registry_covers_the_required_sets():
     required = {"advbench", "harmbench", "donotanswer", "past_tense", "pyrit_jailbreak_templates",
-                "rho_overrefusal", "wsr_benign", "trivia", "book_cloze", "fact_pairs"}
+                "rho_overrefusal", "wsr_benign", "trivia", "book_cloze", "fact_pairs", "chatterbot_prompts"}
     assert required <= set(REGISTRY)
     assert {n for n, s in REGISTRY.items() if s.harmful} == {"harmbench", "advbench", "donotanswer", "past_tense",
                                                              "pyrit_jailbreak_templates"}

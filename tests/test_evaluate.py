@@ -86,7 +86,7 @@ def test_eval_writes_results_and_samples_without_harmful_text(tiny_model, refusa
     metrics = saved["metrics"]
     assert metrics["harmful_refusal"]["harmbench"]["n"] == 4
     assert metrics["over_refusal"]["all"]["n"] == 6 and metrics["trivia_accuracy"]["n"] == 3
-    assert metrics["perplexity"]["value"] > 1 and metrics["kl_to_base"]["value"] == 0.0
+    assert metrics["perplexity"]["value"] > 1 and metrics["kl_to_base"]["value"] is None
     assert patched["metrics"]["kl_to_base"]["value"] > 0
     assert saved["judge"]["name"] == "strmatch-refusal" and saved["decoding"]["strategy"] == "greedy"
     assert saved["data"]["harmbench"]["split"] == "test" and len(saved["data"]["harmbench"]["used_sha256"]) == 64

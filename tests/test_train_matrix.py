@@ -95,3 +95,37 @@ def test_unknown_method_is_a_user_error(tiny_model, refusal_jsonl, tmp_path):
     with pytest.raises(UserError, match="unknown method"):
         train_patch(train_cfg(tiny_model, refusal_jsonl, tmp_path / "p", method="magic"), progress=False)
     assert not (tmp_path / "p").exists()
+
+
+@pytest.mark.parametrize("method", ["lora-sft", "full-sft"])
+def test_retain_term_keeps_benign_behaviour_closer_to_the_base(tiny_model, refusal_jsonl, tmp_path, method):
+    from orthopatch.data.registry import load_dataset
+    from orthopatch.data.splits import get_split
+    from orthopatch.evaluate.generation import chat_prompt_ids, left_pad
+    from orthopatch.evaluate.metrics import kl_to_base
+
+    prompts = [r.prompt for r in get_split(load_dataset("chatterbot_prompts"), "validation", limit=16)]
+    kls = {}
+    for weight in (0.0, 20.0):
+        out = train_patch(train_cfg(tiny_model, refusal_jsonl, tmp_path / f"p{weight}", method=method,
+                                    lr=5e-3 if method == "lora-sft" else 1e-3, retain=["chatterbot_prompts"],
+                                    retain_weight=weight, retain_batch_size=4), progress=False)
+        manifest = json.loads((out / MANIFEST).read_text())
+        base, tokenizer, info = load_model(str(tiny_model), device="cpu")
+        if method == "lora-sft":
+            model, _ = apply_patch(base, out, info.fingerprint)
+            kls[weight] = kl_to_base(model, tokenizer, prompts)["value"]
+        else:
+            tuned = load_model(str(out), device="cpu")[0]
+            ids = chat_prompt_ids(tokenizer, prompts)
+            x, mask = left_pad(ids, tokenizer.pad_token_id, "cpu")
+            with torch.no_grad():
+                p = torch.log_softmax(base(input_ids=x, attention_mask=mask).logits, -1)
+                q = torch.log_softmax(tuned(input_ids=x, attention_mask=mask).logits, -1)
+            kls[weight] = float((p.exp() * (p - q)).sum(-1)[mask.bool()].mean())
+        if weight:
+            assert manifest["data"]["retain"]["weight"] == weight
+            log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+            assert all("retain_kl" in row and "sft_loss" in row for row in log)
+    # Validation prompts, never seen in training: the anchor generalises beyond its own batches.
+    assert kls[20.0] < kls[0.0]

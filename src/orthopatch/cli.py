@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg = _config(EvalConfig, args, {"model": args.model, "output": args.output, "patch": args.patch,
                                              "allow_base_mismatch": "true" if args.allow_base_mismatch else None})
             path, record = run_eval(cfg, overwrite=args.overwrite, progress=progress, command=command)
-            print(side_by_side({"patched" if cfg.patch else "base": record}, title=f"orthopatch eval: {path}"))
+            print(side_by_side({"model + patch" if cfg.patch else "model": record}, title=f"orthopatch eval: {path}"))
             print(f"results written to {path}")
             return 0
         if args.command == "analyze":

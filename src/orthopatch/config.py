@@ -63,6 +63,12 @@ class TrainConfig:
     trust_remote_code: bool = False
     log_every: int = 5
     checkpoint_every: int = 50  # batches between resumable checkpoints (0 = none)
+    # Self-distillation retain term (a departure from "safety data only", so off by default): each step adds
+    # retain_weight x KL(base || patched) over the prompt tokens of a batch of benign prompts from these datasets'
+    # train splits, with the frozen base itself as the teacher (no external answers are needed).
+    retain: list[str] = field(default_factory=list)
+    retain_weight: float = 0.0
+    retain_batch_size: int = 8
 
 
 @dataclass

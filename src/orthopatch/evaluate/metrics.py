@@ -72,10 +72,11 @@ def kl_to_base(model, tokenizer, prompts: list[str], *, batch_size: int = 16) ->
     """Mean KL(base || patched) of the next-token distribution on chat-formatted prompts.
 
     ``value`` averages over every prompt position; ``first_response_token`` only over the last position, where the
-    model picks the first token of its answer (where a refusal starts). Both are 0 for an unpatched model.
+    model picks the first token of its answer (where a refusal starts). Without a patch attached there is no base
+    to compare with inside the model (a fully fine-tuned model is evaluated on its own), so both are None.
     """
     if not hasattr(model, "peft_config"):
-        return {"value": 0.0, "first_response_token": 0.0, "n": len(prompts), "note": "no patch attached"}
+        return {"value": None, "first_response_token": None, "n": len(prompts), "note": "no patch attached"}
     ids = chat_prompt_ids(tokenizer, prompts)
     total = total_last = 0.0
     positions = 0

@@ -26,7 +26,7 @@ def metric_rows(results: dict[str, Any]) -> list[tuple[str, str, float | None]]:
     if "perplexity" in m:
         rows.append(("perplexity, book_cloze (lower is better)", f"{m['perplexity']['value']:.2f}",
                      m["perplexity"]["value"]))
-    if "kl_to_base" in m:
+    if "kl_to_base" in m and m["kl_to_base"]["value"] is not None:
         kl = m["kl_to_base"]
         rows.append(("KL to base, mean / first answer token", f"{kl['value']:.4f} / {kl['first_response_token']:.4f}",
                      kl["value"]))

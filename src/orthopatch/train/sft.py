@@ -17,6 +17,7 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -42,6 +43,56 @@ def lora_config(cfg: TrainConfig):
         layers_to_transform=cfg.lora.layers,
         task_type="CAUSAL_LM",
     )
+
+
+def retain_batches(cfg: TrainConfig, tokenizer, provenance: dict) -> list[dict[str, torch.Tensor]]:
+    """Fixed, seeded batches of chat-formatted benign prompts for the retain term ([] when it is off)."""
+    if not cfg.retain or cfg.retain_weight <= 0:
+        return []
+    from orthopatch.data.registry import load_dataset
+    from orthopatch.data.splits import get_split
+    from orthopatch.evaluate.generation import chat_prompt_ids
+
+    prompts, sources = [], []
+    for name in cfg.retain:
+        dataset = load_dataset(name)
+        if dataset.spec.harmful or dataset.spec.kind not in ("prompts", "qa"):
+            raise UserError(f"retain data must be benign prompts; {name!r} is not", field="retain")
+        records = get_split(dataset, "train", cfg.split_seed)
+        prompts += [r.prompt for r in records]
+        sources.append({**dataset.source, "split": "train", "n_split": len(records)})
+    provenance["retain"] = {"sources": sources, "weight": cfg.retain_weight}
+    ids = chat_prompt_ids(tokenizer, prompts)
+    order = torch.randperm(len(ids), generator=torch.Generator().manual_seed(cfg.seed + 7)).tolist()
+    batches = []
+    for start in range(0, len(order), cfg.retain_batch_size):
+        rows = [ids[i][: cfg.max_length] for i in order[start:start + cfg.retain_batch_size]]
+        width = max(len(r) for r in rows)
+        input_ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
+        attention = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            input_ids[i, : len(row)] = torch.tensor(row)
+            attention[i, : len(row)] = 1
+        batches.append({"input_ids": input_ids, "attention_mask": attention})
+    return batches
+
+
+def retain_kl(model, frozen_base, batch: dict[str, torch.Tensor], accelerator) -> torch.Tensor:
+    """Mean over prompt tokens of KL(base || patched) of the next-token distribution."""
+    import torch.nn.functional as F
+
+    batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+    patched = F.log_softmax(model(**batch).logits.float(), dim=-1)
+    with torch.no_grad():
+        if frozen_base is not None:
+            base_logits = frozen_base(**batch).logits
+        else:
+            with accelerator.unwrap_model(model).disable_adapter():
+                base_logits = model(**batch).logits
+        base = F.log_softmax(base_logits.float(), dim=-1)
+    per_token = (base.exp() * (base - patched)).sum(-1)
+    mask = batch["attention_mask"].bool()
+    return per_token[mask].mean()
 
 
 def peak_memory_mb(device: str) -> float:
@@ -87,6 +138,10 @@ def train_patch(cfg: TrainConfig, *, overwrite: bool = False, progress: bool = T
         peft_model.requires_grad_(True)
     trainable = [p for p in peft_model.parameters() if p.requires_grad]
     n_trainable = sum(p.numel() for p in trainable)
+    retain = retain_batches(cfg, tokenizer, provenance)
+    frozen_base = None
+    if retain and cfg.method == "full-sft":  # the teacher must stay the base while every weight trains
+        frozen_base = copy.deepcopy(peft_model).requires_grad_(False).eval()
 
     # 3. Loop. The data order of each epoch is a seeded permutation, so a resumed run sees the same batches.
     accelerator = Accelerator(cpu=str(model.device) == "cpu", gradient_accumulation_steps=cfg.grad_accum)
@@ -125,6 +180,12 @@ def train_patch(cfg: TrainConfig, *, overwrite: bool = False, progress: bool = T
         for step, batch in enumerate(loader, start=max(skip, 0)):
             with accelerator.accumulate(peft_model):
                 loss = peft_model(**batch).loss
+                row: dict[str, Any] = {}
+                if retain:
+                    kl = retain_kl(peft_model, frozen_base, retain[done % len(retain)], accelerator)
+                    row["sft_loss"] = round(loss.item(), 6)
+                    row["retain_kl"] = round(kl.item(), 6)
+                    loss = loss + cfg.retain_weight * kl
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and cfg.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(trainable, cfg.max_grad_norm)
@@ -133,7 +194,8 @@ def train_patch(cfg: TrainConfig, *, overwrite: bool = False, progress: bool = T
                 optimizer.zero_grad()
             tokens += int(batch["attention_mask"].sum())
             label_tokens += int((batch["labels"] != -100).sum())
-            log.append({"epoch": epoch, "step": step, "loss": round(loss.item(), 6), "lr": scheduler.get_last_lr()[0]})
+            log.append({"epoch": epoch, "step": step, "loss": round(loss.item(), 6), **row,
+                        "lr": scheduler.get_last_lr()[0]})
             done += 1
             bar.update(1)
             if step % cfg.log_every == 0:

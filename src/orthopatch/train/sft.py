@@ -66,14 +66,10 @@ def retain_batches(cfg: TrainConfig, tokenizer, provenance: dict) -> list[dict[s
     order = torch.randperm(len(ids), generator=torch.Generator().manual_seed(cfg.seed + 7)).tolist()
     batches = []
     for start in range(0, len(order), cfg.retain_batch_size):
-        rows = [ids[i][: cfg.max_length] for i in order[start:start + cfg.retain_batch_size]]
-        width = max(len(r) for r in rows)
-        input_ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
-        attention = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, row in enumerate(rows):
-            input_ids[i, : len(row)] = torch.tensor(row)
-            attention[i, : len(row)] = 1
-        batches.append({"input_ids": input_ids, "attention_mask": attention})
+        rows = [TokenizedExample(str(i), ids[i][: cfg.max_length], ids[i][: cfg.max_length])
+                for i in order[start:start + cfg.retain_batch_size]]
+        padded = pad_batch(rows, tokenizer.pad_token_id)
+        batches.append({"input_ids": padded["input_ids"], "attention_mask": padded["attention_mask"]})
     return batches
 
 

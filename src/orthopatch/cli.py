@@ -75,6 +75,19 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--overwrite", action="store_true")
     an.add_argument("-v", "--verbose", action="store_true")
 
+    dose = sub.add_parser("select-scale", help="choose a patch's inference scale on validation data",
+                          description="Evaluate the patch at several scales on validation splits only and pick the "
+                                      "one with the most harmful refusal whose over-refusal stays within the base's "
+                                      "+ tolerance.")
+    dose.add_argument("patch")
+    dose.add_argument("--model", help="the base model (default: the embedded SmolLM2-135M)")
+    dose.add_argument("--scales", nargs="+", type=float, default=[0.25, 0.5, 0.75, 1.0])
+    dose.add_argument("--tolerance", type=float, default=0.05, help="allowed over-refusal above the base's")
+    dose.add_argument("--output", default="runs/dose")
+    dose.add_argument("--overwrite", action="store_true")
+    dose.add_argument("--quiet", action="store_true")
+    dose.add_argument("-v", "--verbose", action="store_true")
+
     sub.add_parser("datasets", help="list the registered datasets (names, kinds, counts; never their text)")
     return parser
 
@@ -145,6 +158,19 @@ def main(argv: list[str] | None = None) -> int:
             path, results = analyze(cfg, overwrite=args.overwrite)
             print(geometry_table(results))
             print(f"geometry written to {path}")
+            return 0
+        if args.command == "select-scale":
+            from orthopatch.patches.dose import select_scale
+
+            record = select_scale(args.patch, args.scales, model=args.model, tolerance=args.tolerance,
+                                  output=args.output, overwrite=args.overwrite, progress=not args.quiet)
+            base = record["base_rates"]
+            print(f"base (validation): harmful refusal {base['harmful_refusal']:.1%}, "
+                  f"over-refusal {base['over_refusal']:.1%}")
+            for row in record["scales"]:
+                print(f"scale {row['scale']:<5g} harmful refusal {row['harmful_refusal']:6.1%}  over-refusal "
+                      f"{row['over_refusal']:6.1%}  {'ok' if row['feasible'] else 'over-refuses'}")
+            print(f"chosen scale: {record['chosen_scale']} (written to {args.output}/dose.json)")
             return 0
         if args.command == "demo":
             from orthopatch.recipes.demo import run_demo

@@ -146,6 +146,8 @@ def module_geometry(base: Factors, base_fro: float, delta: Factors, r: int, ks: 
             "mso_input": mso(delta.V[:, :r], V0),
             "mso_output": mso(delta.U[:, :r], U0),
             "max_cosine_input": float(principal_cosines(delta.V[:, :r], V0)[0]),
+            "cosines_input": [round(float(c), 6) for c in principal_cosines(delta.V[:, :r], V0)],
+            "cosines_output": [round(float(c), 6) for c in principal_cosines(delta.U[:, :r], U0)],
             "energy_input": projection_energy(delta.S, delta.V, V0),
             "energy_output": projection_energy(delta.S, delta.U, U0),
         }

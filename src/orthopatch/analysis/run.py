@@ -80,7 +80,7 @@ def summarise(modules: list[dict[str, Any]]) -> dict[str, Any]:
                     if key == "random":
                         for rkey, rvalue in value.items():
                             flat[f"k={k_name}/random_{rkey}"].append(rvalue)
-                    else:
+                    elif not isinstance(value, list):  # the full cosine lists stay per module
                         flat[f"k={k_name}/{key}"].append(value)
         out[group] = {key: _mean(values) for key, values in sorted(flat.items())}
         out[group]["n_modules"] = len(rows)
@@ -222,7 +222,7 @@ def to_csv(results: dict[str, Any]) -> str:
                                      row[key], ""])
             for k, measures in row["k"].items():
                 for key, value in measures.items():
-                    if key != "random":
+                    if key != "random" and not isinstance(value, list):
                         random = measures["random"].get(key, "")
                         writer.writerow([label, entry["kind"], row["name"], row["layer"], row["module_type"], k,
                                          key, value, random])

@@ -99,7 +99,10 @@ def peak_memory_mb(device: str) -> float:
 
 def train_patch(cfg: TrainConfig, *, overwrite: bool = False, progress: bool = True, command: str | None = None,
                 model_and_tokenizer: tuple | None = None) -> Path:
-    """Train a LoRA patch as ``cfg`` says and write it atomically to ``cfg.output``; return that path."""
+    """Train as ``cfg`` says (a LoRA patch, or a full fine-tune) and write it atomically to ``cfg.output``.
+
+    Returns the output path. A rerun after an interruption resumes from the last checkpoint of the same run.
+    """
     from accelerate import Accelerator
     from accelerate.utils import set_seed
     from peft import get_peft_model

@@ -170,7 +170,11 @@ def main(argv: list[str] | None = None) -> int:
             for row in record["scales"]:
                 print(f"scale {row['scale']:<5g} harmful refusal {row['harmful_refusal']:6.1%}  over-refusal "
                       f"{row['over_refusal']:6.1%}  {'ok' if row['feasible'] else 'over-refuses'}")
-            print(f"chosen scale: {record['chosen_scale']} (written to {args.output}/dose.json)")
+            if record["chosen_scale"] is None:
+                print(f"no scale kept over-refusal within the base's + {args.tolerance:g}; try smaller scales "
+                      f"(written to {args.output}/dose.json)")
+            else:
+                print(f"chosen scale: {record['chosen_scale']} (written to {args.output}/dose.json)")
             return 0
         if args.command == "demo":
             from orthopatch.recipes.demo import run_demo

@@ -98,14 +98,10 @@ def evaluate(model, tokenizer, cfg: EvalConfig, *, progress: bool = True) -> tup
 
 def load_for_eval(cfg: EvalConfig, model_and_tokenizer: tuple | None = None):
     """The model to evaluate: the base, with the patch attached (verified) when ``cfg.patch`` is set."""
-    from orthopatch.models.loading import load_model
+    from orthopatch.models.loading import load_model_for
     from orthopatch.patches.manifest import apply_patch
 
-    if model_and_tokenizer is None:
-        model, tokenizer, info = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device,
-                                            trust_remote_code=cfg.trust_remote_code)
-    else:
-        model, tokenizer, info = model_and_tokenizer
+    model, tokenizer, info = load_model_for(cfg, model_and_tokenizer)
     patch_info = None
     if cfg.patch:
         model, manifest = apply_patch(model, cfg.patch, info.fingerprint,

@@ -129,3 +129,10 @@ def load_model(
     model.to(pick_device(device))
     model.eval()
     return model, tokenizer, ModelInfo(spec=name, path=str(path), fingerprint=fingerprint(path))
+
+
+def load_model_for(cfg, given: tuple | None = None):
+    """``given`` (an already loaded ``(model, tokenizer, info)``) or the model a train/eval config names."""
+    if given is not None:
+        return given
+    return load_model(cfg.model, dtype=cfg.dtype, device=cfg.device, trust_remote_code=cfg.trust_remote_code)

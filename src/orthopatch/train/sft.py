@@ -26,7 +26,7 @@ from orthopatch.data.assemble import training_records
 from orthopatch.data.refusals import REFUSALS_VERSION
 from orthopatch.errors import UserError
 from orthopatch.io import atomic_dir, check_new_output, sha256_json, write_json_atomic
-from orthopatch.models.loading import load_model
+from orthopatch.models.loading import load_model_for
 from orthopatch.patches.manifest import MANIFEST, build_manifest
 from orthopatch.train import checkpoint
 from orthopatch.train.tokenize import TokenizedExample, pad_batch, tokenize_chat
@@ -117,11 +117,7 @@ def train_patch(cfg: TrainConfig, *, overwrite: bool = False, progress: bool = T
     # 1. Data (validated first: a bad file should fail before a large model is loaded), then the base model.
     records, provenance = training_records(cfg.data, seed=cfg.seed, split_seed=cfg.split_seed,
                                            max_examples=cfg.max_examples)
-    if model_and_tokenizer is None:
-        model, tokenizer, info = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device,
-                                            trust_remote_code=cfg.trust_remote_code)
-    else:
-        model, tokenizer, info = model_and_tokenizer
+    model, tokenizer, info = load_model_for(cfg, model_and_tokenizer)
     context = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
     examples: list[TokenizedExample] = [
         tokenize_chat(tokenizer, r.chat(), cfg.max_length, r.id, context,

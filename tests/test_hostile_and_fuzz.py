@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from orthopatch.config import TrainConfig, load_config
 from orthopatch.data.schema import Record, load_user_jsonl
 from orthopatch.errors import UserError
-from orthopatch.evaluate.attacks import render_template, wrap
+from orthopatch.evaluate.attacks import drop_too_long, render_template, wrap
 
 # derandomize: the same examples on every run, so CI is reproducible (a new seed is a deliberate change).
 FUZZ = settings(max_examples=150, deadline=None, derandomize=True,
@@ -39,7 +39,7 @@ def test_wrap_skips_and_counts_templates_that_are_too_long():
     short = Record("t:short", "Please answer: {{ prompt }}", meta={"parameters": ["prompt"]})
     long = Record("t:long", "x" * 3000 + "{{ prompt }}", meta={"parameters": ["prompt"]})
     goals = [Record(f"g{i}", f"goal {i}") for i in range(4)]
-    out, skipped = wrap(goals, [short, long], max_chars=2000)
+    out, skipped = drop_too_long(wrap(goals, [short, long]), 2000)
     assert skipped == 2 and [r.prompt for r in out] == ["Please answer: goal 0", "Please answer: goal 2"]
 
 

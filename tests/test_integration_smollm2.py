@@ -18,7 +18,8 @@ from orthopatch.train.sft import train_patch
 pytestmark = pytest.mark.integration
 
 EVAL = dict(harmful=["harmbench"], benign=["rho_overrefusal"], trivia=None, perplexity=None, kl=[], n_harmful=24,
-            n_benign=12, max_new_tokens=16, batch_size=24)
+            n_benign=12, max_new_tokens=16, batch_size=24, attacks=["prefix_injection"], n_attack=8, sensitive=[],
+            gsm8k=None, fact_pairs=None, drift=False)
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +42,7 @@ def test_patch_raises_held_out_harmful_refusal(smollm2, patch, tmp_path):
     before = base["metrics"]["harmful_refusal"]["harmbench"]["value"]
     after = patched["metrics"]["harmful_refusal"]["harmbench"]["value"]
     assert after - before >= 0.5, (before, after)
+    assert patched["metrics"]["jailbreak_asr"]["prefix_injection"]["n"] == 8
     manifest = json.loads((patch / MANIFEST).read_text())
     assert manifest["base"]["spec"] == "embedded" and manifest["cost"]["tokens_trained"] > 0
 

@@ -1,4 +1,4 @@
-"""The ``orthopatch`` command line: train, eval, demo, datasets."""
+"""The ``orthopatch`` command line: train, eval, rejudge, judges, analyze, select-scale, demo, datasets."""
 
 from __future__ import annotations
 
@@ -52,6 +52,32 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--patch", help="patch directory to attach (verified against its manifest and base)")
     ev.add_argument("--allow-base-mismatch", action="store_true",
                     help="apply a patch made for another base (recorded in the results)")
+    ev.add_argument("--judge", help="primary refusal judge (see `orthopatch judges`)")
+    ev.add_argument("--extra-judges", nargs="+", metavar="JUDGE",
+                    help="more judges run on the same answers; their disagreement with the primary is reported")
+    ev.add_argument("--attacks", nargs="+", metavar="FAMILY",
+                    help="jailbreak families (names, or .yaml/.jsonl files of templates); 'none' for none")
+    ev.add_argument("--lm-eval", nargs="+", metavar="TASK", help="lm-evaluation-harness tasks to run as well "
+                    "(built-in local task: orthopatch_fact_pairs)")
+    ev.add_argument("--lm-eval-include", metavar="DIR", help="a directory of lm-eval task YAMLs")
+
+    rj = sub.add_parser("rejudge", help="re-score an eval run with another judge, without generating again",
+                        description="Re-judge the answers stored in RUN/samples.jsonl; writes a new run directory "
+                                    "(default: RUN-rejudged-JUDGE) with results.json and samples.jsonl.")
+    rj.add_argument("run", help="an eval run directory")
+    rj.add_argument("--judge", required=True, help="the new primary refusal judge")
+    rj.add_argument("--extra-judges", nargs="*", metavar="JUDGE", help="default: the run's own extra judges")
+    rj.add_argument("--output")
+    rj.add_argument("--overwrite", action="store_true")
+    rj.add_argument("-v", "--verbose", action="store_true")
+
+    jd = sub.add_parser("judges", help="list the judges; --validate measures their agreement with human labels",
+                        description="List the judges. With --validate, score each refusal judge on the held-out "
+                                    "rows of PyRIT's human-labelled refusal set (accuracy with 95% CI, F1).")
+    jd.add_argument("--validate", action="store_true")
+    jd.add_argument("--judges", nargs="+", metavar="JUDGE", help="judges to validate (default: every named one)")
+    jd.add_argument("--output", help="also write the validation as JSON to this file")
+    jd.add_argument("-v", "--verbose", action="store_true")
 
     demo = sub.add_parser("demo", help="base eval, train a safety patch, patched eval, side-by-side table",
                           description="The whole story on the embedded model in one command.")
@@ -88,6 +114,36 @@ def build_parser() -> argparse.ArgumentParser:
     dose.add_argument("--quiet", action="store_true")
     dose.add_argument("-v", "--verbose", action="store_true")
 
+    pt = sub.add_parser("patch", help="stack, merge, export, inspect, verify and compare patches",
+                        description="Manage patches. PATCH@SCALE gives a patch a scale (default 1).")
+    psub = pt.add_subparsers(dest="patch_command", required=True)
+    for name, text in (("apply", "stack patches (each with a scale) into one patch: W0 + sum of scale x update"),
+                       ("merge", "bake patches into a standalone model directory (plain transformers / vLLM)")):
+        cmd = psub.add_parser(name, help=text, description=text)
+        cmd.add_argument("patches", nargs="+", metavar="PATCH[@SCALE]")
+        cmd.add_argument("--model", help="the base (default: the embedded SmolLM2-135M); patches must fit it")
+        cmd.add_argument("--output", required=True)
+        cmd.add_argument("--overwrite", action="store_true")
+        cmd.add_argument("--allow-base-mismatch", action="store_true",
+                         help="accept patches made for another base (recorded in the output manifest)")
+        cmd.add_argument("-v", "--verbose", action="store_true")
+    exp = psub.add_parser("export", help="copy a verified patch with a model card, ready to share")
+    exp.add_argument("patch")
+    exp.add_argument("--output", required=True)
+    exp.add_argument("--overwrite", action="store_true")
+    info = psub.add_parser("info", help="what a patch is: base, method, config, data, cost, files")
+    info.add_argument("patch")
+    info.add_argument("--json", action="store_true", help="print the whole manifest")
+    ver = psub.add_parser("verify", help="check a patch's file hashes (and, with --model, its base)")
+    ver.add_argument("patch")
+    ver.add_argument("--model", help="the base it must fit (default: only the hashes are checked)")
+    dif = psub.add_parser("diff", help="subspace overlap between patches (0 = orthogonal)")
+    dif.add_argument("patches", nargs="+")
+    dif.add_argument("--model", help="the base (default: the embedded SmolLM2-135M)")
+    dif.add_argument("--labels", nargs="+")
+    for cmd in (exp, info, ver, dif):
+        cmd.add_argument("-v", "--verbose", action="store_true")
+
     sub.add_parser("datasets", help="list the registered datasets (names, kinds, counts; never their text)")
     return parser
 
@@ -106,6 +162,117 @@ def _flow(items: list[str]) -> str:
     import json
 
     return json.dumps(items)
+
+
+def _judges_command(args: argparse.Namespace) -> int:
+    from orthopatch.evaluate.judges import EMBEDDING_JUDGES, STRING_JUDGES, check_judge_name
+
+    if not args.validate:
+        for judge in STRING_JUDGES.values():
+            print(f"{judge.name:18s} refusal  string-match ({judge.mode}) v{judge.version}: {judge.description}")
+        print(f"{'embed-minilm':18s} refusal  all-MiniLM-L6-v2 + logistic regression fitted on PyRIT's labelled "
+              "refusal rows (train split) v1")
+        print(f"{'hf-classifier:M':18s} refusal  your sequence-classification model M (Hub id or directory)")
+        print(f"{'hf-guard:M':18s} harm     your causal guard model M, Llama-Guard style prompt (extra judge only)")
+        print("String judges take :prefix or :substring to change the match mode, e.g. strmatch-jbb:prefix.")
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    from orthopatch.evaluate.judge_validation import validate_judges
+
+    for name in args.judges or []:
+        check_judge_name(name)
+    report = validate_judges(args.judges or [*STRING_JUDGES, *EMBEDDING_JUDGES])
+    data = report["data"]
+    table = Table(title=f"judge agreement with PyRIT human refusal labels: held-out {data['split']} split, "
+                        f"n={data['n_used']} ({data['n_refusal']} refusals)")
+    for column in ("judge", "accuracy [95% CI]", "F1", "precision", "recall"):
+        table.add_column(column, justify="left" if column == "judge" else "right")
+    for name, entry in report["judges"].items():
+        if "skipped" in entry:
+            table.add_row(name, entry["skipped"], "", "", "")
+            continue
+        acc = entry["accuracy"]
+        table.add_row(name, f"{acc['value']:.3f} [{acc['ci95'][0]:.2f}-{acc['ci95'][1]:.2f}]", f"{entry['f1']:.3f}",
+                      f"{entry['precision']:.3f}", f"{entry['recall']:.3f}")
+    Console(width=140).print(table)
+    if args.output:
+        from orthopatch.io import write_json_atomic
+
+        write_json_atomic(args.output, report)
+        print(f"written to {args.output}")
+    return 0
+
+
+def _patch_command(args: argparse.Namespace, command: str) -> int:
+    import json
+
+    from orthopatch.patches import stack
+
+    if args.patch_command in ("apply", "merge"):
+        patches = [stack.parse_patch_spec(spec) for spec in args.patches]
+        if args.patch_command == "apply":
+            from orthopatch.models.loading import fingerprint, resolve_model_path
+
+            path = stack.stack_adapters(patches, args.output, base_fingerprint=fingerprint(
+                resolve_model_path(args.model)[1]), allow_base_mismatch=args.allow_base_mismatch,
+                overwrite=args.overwrite, command=command)
+        else:
+            path = stack.merge_patches(patches, args.output, model=args.model,
+                                       allow_base_mismatch=args.allow_base_mismatch, overwrite=args.overwrite,
+                                       command=command)
+        print(f"{'stacked patch' if args.patch_command == 'apply' else 'merged model'} written to {path}")
+        return 0
+    if args.patch_command == "export":
+        print(f"exported to {stack.export_patch(args.patch, args.output, overwrite=args.overwrite)}")
+        return 0
+    if args.patch_command == "info":
+        from orthopatch.patches.manifest import read_manifest
+
+        manifest = read_manifest(args.patch)
+        if args.json:
+            print(json.dumps(manifest, indent=2))
+            return 0
+        base, cost, config = manifest.get("base") or {}, manifest.get("cost") or {}, manifest.get("config") or {}
+        lora = config.get("lora") or {}
+        print(f"patch {args.patch}: {manifest.get('kind')} ({manifest.get('method')}), created {manifest.get('created')}")
+        print(f"  base: {base.get('spec')} fingerprint {base.get('fingerprint')}")
+        if lora:
+            print(f"  LoRA r={lora.get('r')} alpha={lora.get('alpha')} targets={lora.get('target_modules')} "
+                  f"layers={lora.get('layers')}")
+        if config:
+            print(f"  data: {', '.join(config.get('data') or [])}; lr {config.get('lr')}, {config.get('epochs')} "
+                  f"epochs, seed {manifest.get('seed')}")
+        for entry in manifest.get("stack", []):
+            print(f"  stacked: {entry['path']} x {entry['scale']} (adapter {entry['adapter_sha256'][:12]})")
+        if cost:
+            print(f"  cost: {cost.get('tokens_trained')} tokens, {cost.get('wall_seconds')} s, peak "
+                  f"{cost.get('peak_memory_mb')} MB, {cost.get('trainable_parameters')} trainable parameters")
+        for name, sha in manifest.get("files", {}).items():
+            print(f"  {name}  {sha}")
+        return 0
+    if args.patch_command == "verify":
+        from orthopatch.patches.manifest import verify_patch
+
+        fp = None
+        if args.model:
+            from orthopatch.models.loading import fingerprint, resolve_model_path
+
+            fp = fingerprint(resolve_model_path(args.model)[1])
+        manifest = verify_patch(args.patch, fp)
+        print(f"ok: {len(manifest['files'])} files match their sha256"
+              + (f"; made for this base ({fp[:12]})" if fp else "; base not checked (give --model)"))
+        return 0
+    if args.patch_command == "diff":
+        overlap = stack.diff_patches(args.patches, model=args.model, labels=args.labels)
+        for pair, row in overlap.items():
+            print(f"{pair}: MSO input {row['mso_input']:.4f} (random {row['random_mso_input']:.4f}), output "
+                  f"{row['mso_output']:.4f} (random {row['random_mso_output']:.4f}); largest cosine input "
+                  f"{row['max_cosine_input']:.3f}, output {row['max_cosine_output']:.3f}; {row['n_modules']} shared "
+                  "modules")
+        return 0
+    return 1
 
 
 def _raise_interrupt(_signum, _frame) -> None:
@@ -142,12 +309,30 @@ def main(argv: list[str] | None = None) -> int:
             from orthopatch.evaluate.runner import run_eval
             from orthopatch.report.table import side_by_side
 
+            attacks = None if args.attacks is None else _flow([] if args.attacks == ["none"] else args.attacks)
             cfg = _config(EvalConfig, args, {"model": args.model, "output": args.output, "patch": args.patch,
-                                             "allow_base_mismatch": "true" if args.allow_base_mismatch else None})
+                                             "allow_base_mismatch": "true" if args.allow_base_mismatch else None,
+                                             "judge": args.judge, "attacks": attacks,
+                                             "extra_judges": _flow(args.extra_judges) if args.extra_judges else None,
+                                             "lm_eval": _flow(args.lm_eval) if args.lm_eval else None,
+                                             "lm_eval_include": args.lm_eval_include})
             path, record = run_eval(cfg, overwrite=args.overwrite, progress=progress, command=command)
             print(side_by_side({"model + patch" if cfg.patch else "model": record}, title=f"orthopatch eval: {path}"))
             print(f"results written to {path}")
             return 0
+        if args.command == "rejudge":
+            from orthopatch.evaluate.rejudge import rejudge
+            from orthopatch.report.table import side_by_side
+
+            path, record = rejudge(args.run, args.judge, args.extra_judges, output=args.output,
+                                   overwrite=args.overwrite, command=command)
+            print(side_by_side({f"judge {args.judge}": record}, title=f"orthopatch rejudge: {path}"))
+            print(f"results written to {path}")
+            return 0
+        if args.command == "judges":
+            return _judges_command(args)
+        if args.command == "patch":
+            return _patch_command(args, command)
         if args.command == "analyze":
             from orthopatch.analysis.run import AnalyzeConfig, analyze
             from orthopatch.report.table import geometry_table

@@ -18,13 +18,22 @@ import yaml
 
 from orthopatch.errors import UserError
 
-METHODS = ("lora-sft", "full-sft")
+METHODS = ("lora-sft", "full-sft", "lora-dpo", "full-dpo")
+DEFAULT_ATTACKS = ("pyrit_top_level", "pyrit_in_the_wild", "garak_dan", "gcg", "prefix_injection",
+                   "refusal_suppression", "past_tense")
 
 
-def _judges() -> list[str]:
-    from orthopatch.evaluate.judges import JUDGES
+def _check_judge(value: str) -> None:
+    from orthopatch.evaluate.judges import check_judge_name
 
-    return sorted(JUDGES)
+    check_judge_name(value)
+
+
+def _check_attack(value: str) -> None:
+    from orthopatch.evaluate.attacks import ATTACKS
+
+    if value not in ATTACKS and not value.endswith((".yaml", ".yml", ".jsonl")):
+        raise UserError(f"unknown attack family {value!r}; known: {', '.join(ATTACKS)} (or a .yaml/.jsonl file)")
 
 
 @dataclass
@@ -41,7 +50,8 @@ class LoraSettings:
 class TrainConfig:
     model: str | None = None  # HF id, local directory, or None/"embedded" for the embedded SmolLM2
     output: str = "runs/patch"
-    method: str = field(default="lora-sft", metadata={"choices": lambda: METHODS})  # full-sft: every parameter
+    # lora-*: LoRA adapters on a frozen base; full-*: every parameter. *-sft: refusal SFT; *-dpo: DPO on pairs.
+    method: str = field(default="lora-sft", metadata={"choices": lambda: METHODS})
     # Registered dataset names (their train split; harmful sets get project-written refusal targets) or paths to
     # user JSONL files (trained on as given).
     data: list[str] = field(default_factory=lambda: ["advbench"])
@@ -69,6 +79,9 @@ class TrainConfig:
     retain: list[str] = field(default_factory=list)
     retain_weight: float = 0.0
     retain_batch_size: int = 8
+    # DPO (lora-dpo / full-dpo): chosen = the refusal target, rejected = the base model's own greedy answer.
+    dpo_beta: float = 0.1
+    dpo_rejected_tokens: int = 64
 
 
 @dataclass
@@ -78,21 +91,43 @@ class EvalConfig:
     output: str = "runs/eval"
     split: str = "test"
     split_seed: int = 0
-    harmful: list[str] = field(default_factory=lambda: ["harmbench"])
+    harmful: list[str] = field(default_factory=lambda: ["harmbench"])  # direct requests
+    # Jailbreak families (names from orthopatch.evaluate.attacks, or user .yaml/.jsonl files) wrapping the goals.
+    attacks: list[str] = field(default_factory=lambda: list(DEFAULT_ATTACKS),
+                               metadata={"check_each": _check_attack})
+    attack_goals: str = "harmbench"  # a registered harmful dataset or a JSONL file of {"prompt": ...} lines
+    # Harmful-but-borderline requests, reported apart from both safety and over-refusal ("NAME:SUBSET" selects).
+    sensitive: list[str] = field(default_factory=lambda: ["donotanswer:human_chatbox",
+                                                          "donotanswer:misinformation_harms"])
     benign: list[str] = field(default_factory=lambda: ["rho_overrefusal", "wsr_benign"])
     trivia: str | None = "trivia"
+    gsm8k: str | None = "gsm8k_100"
+    fact_pairs: str | None = "fact_pairs"
     perplexity: str | None = "book_cloze"
     kl: list[str] = field(default_factory=lambda: ["rho_overrefusal", "trivia"])
+    drift: bool = True  # with a patch: regenerate the benign answers without it and compare
     # Per-set sample caps (None = the whole split); the defaults keep a CPU run to a few minutes.
     n_harmful: int | None = 50
+    n_attack: int | None = 16  # goals per attack family
+    n_sensitive: int | None = 20
     n_benign: int | None = 40
     n_trivia: int | None = 60
+    n_gsm8k: int | None = 16
+    n_fact_pairs: int | None = 60
     n_perplexity: int | None = 80
     n_kl: int | None = 40
+    # Refusal judging reads the opening of an answer, so a short budget suffices (recorded with the results).
     max_new_tokens: int = 32
     trivia_max_new_tokens: int = 24
+    gsm8k_max_new_tokens: int = 160
+    attack_max_tokens: int | None = None  # prompt-token budget; None = the model's context - max_new_tokens
     batch_size: int = 16
-    judge: str = field(default="strmatch-refusal", metadata={"choices": _judges})
+    judge: str = field(default="strmatch-refusal", metadata={"check": _check_judge})
+    extra_judges: list[str] = field(default_factory=list, metadata={"check_each": _check_judge})
+    # lm-evaluation-harness tasks run on the (patched) model; lm_eval_include adds a directory of task YAMLs.
+    lm_eval: list[str] = field(default_factory=list)
+    lm_eval_include: str | None = None
+    lm_eval_limit: int | None = None
     patch_scale: float = 1.0
     dtype: str = "float32"
     device: str = "auto"
@@ -151,10 +186,18 @@ def _set(cfg: Any, dotted: str, value: Any, *, path: str | None = None, line: in
     if not _type_ok(value, hint):
         raise UserError(f"expected {_describe(hint)}, got {type(value).__name__} {value!r}", path=path, line=line,
                         field=dotted)
-    choices = next(f for f in dataclasses.fields(target) if f.name == leaf).metadata.get("choices")
+    metadata = next(f for f in dataclasses.fields(target) if f.name == leaf).metadata
+    choices = metadata.get("choices")
     if choices is not None and value not in choices():
         raise UserError(f"unknown value {value!r}; choose one of: {', '.join(choices())}", path=path, line=line,
                         field=dotted)
+    checks = [(metadata["check"], value)] if "check" in metadata else []
+    checks += [(metadata["check_each"], v) for v in value] if "check_each" in metadata else []
+    for check, item in checks:
+        try:
+            check(item)
+        except UserError as error:
+            raise UserError(error.message, path=path, line=line, field=dotted) from None
     setattr(target, leaf, value)
 
 

@@ -117,16 +117,14 @@ def functional_measures(target: str, kind: str, base_spec: str | None, deltas: l
     from orthopatch.analysis.functional import hidden_shift, interference
     from orthopatch.data.registry import load_dataset
     from orthopatch.data.splits import get_split
-    from orthopatch.evaluate.attacks import wrap
+    from orthopatch.evaluate.attacks import ATTACKS, drop_too_long
     from orthopatch.models.loading import load_model
     from orthopatch.patches.manifest import apply_patch
 
     n = cfg.n_prompts
     benign = [r.prompt for r in get_split(load_dataset("rho_overrefusal"), "test", limit=n)]
     goals = get_split(load_dataset("harmbench"), "test", limit=n)
-    templates = get_split(load_dataset("pyrit_jailbreak_templates"), "test")
-    templates = [t for t in templates if t.meta["family"] == "top_level"]
-    jailbreak, skipped = wrap(goals, templates, max_chars=1500)
+    jailbreak, skipped = drop_too_long(ATTACKS["pyrit_top_level"].build(goals, "test", 0, None), 1500)
 
     base_model, tokenizer, info = load_model(base_spec, device="cpu")
     V0 = {d.name: cached_top_singular(base_fp, d.name, d.W0, max(sorted({cfg.rank, *cfg.ks}))).V[:, :d.delta.S.numel()

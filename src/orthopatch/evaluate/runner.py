@@ -1,99 +1,299 @@
-"""Evaluate a base model, with or without a patch: safety, over-refusal and general capability.
+"""Evaluate a base model, with or without a patch: safety, jailbreak families, over-refusal, general capability.
 
-Writes ``results.json`` (metrics with n, CI, judge, decoding and data hashes) and ``samples.jsonl`` (one row per
-judged item, so a run can be re-judged without generating again). Harmful prompts are stored only as ids and hashes.
+Writes ``results.json`` (every metric with n, CI, judge, decoding and data hashes) and ``samples.jsonl`` (one row
+per generated answer, so that ``orthopatch rejudge`` can re-score a run without generating again). Harmful prompts
+are stored only as ids and hashes.
+
+The flow: build the prompt sets (:func:`prompt_sets`, no model needed), generate, score the samples with the judges
+(:func:`score`), and turn the scored samples into metrics (:func:`safety_metrics`); rejudge reuses the last two.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from orthopatch.config import EvalConfig, to_dict
 from orthopatch.data.registry import load_dataset, records_hash
+from orthopatch.data.schema import Record
 from orthopatch.data.splits import get_split
 from orthopatch.errors import UserError
-from orthopatch.evaluate.generation import generate
-from orthopatch.evaluate.judges import get_judge
-from orthopatch.evaluate.metrics import answer_matches, kl_to_base, perplexity, rate
+from orthopatch.evaluate.generation import chat_prompt_ids, generate
+from orthopatch.evaluate.judges import Judge, get_judge
+from orthopatch.evaluate.metrics import (
+    answer_matches,
+    fact_pair_accuracy,
+    kl_to_base,
+    numeric_answer_matches,
+    perplexity,
+    rate,
+    response_drift,
+)
 from orthopatch.io import atomic_dir, sha256_text, write_json_atomic, write_jsonl_atomic
 from orthopatch.patches.manifest import library_versions
 
 RESULTS = "results.json"
 SAMPLES = "samples.jsonl"
+FORMAT = "orthopatch-eval/2"
+GROUPS = ("harmful", "attack", "sensitive", "benign")  # the sets whose answers are judged for refusal
 
 
-def _records(name: str, cfg: EvalConfig, limit: int | None, kinds: tuple[str, ...]):
-    dataset = load_dataset(name)
+@dataclass
+class PromptSet:
+    name: str
+    group: str  # one of GROUPS
+    records: list[Record]
+    source: dict[str, Any]
+    family: str | None = None
+    harmful: bool = True
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def _records(name: str, split: str, seed: int, limit: int | None, kinds: tuple[str, ...]):
+    """Records of a registered dataset, or of ``NAME:SUBSET`` (only records with SUBSET among their meta values,
+    e.g. a Do-Not-Answer risk area)."""
+    base, _, subset = name.partition(":")
+    dataset = load_dataset(base)
     if dataset.spec.kind not in kinds:
-        raise UserError(f"dataset {name!r} is of kind {dataset.spec.kind!r}, expected {' or '.join(kinds)}")
-    records = get_split(dataset, cfg.split, cfg.split_seed, limit)
-    source = {**dataset.source, "split": cfg.split, "n_used": len(records), "used_sha256": records_hash(records)}
+        raise UserError(f"dataset {base!r} is of kind {dataset.spec.kind!r}, expected {' or '.join(kinds)}")
+    records = get_split(dataset, split, seed)
+    if subset:
+        records = [r for r in records if subset in r.meta.values()]
+        if not records:
+            raise UserError(f"dataset {base!r} has no records in subset {subset!r} (split {split})")
+    records = records[:limit] if limit is not None else records
+    source = {**dataset.source, "subset": subset or None, "split": split, "n_used": len(records),
+              "used_sha256": records_hash(records)}
     return dataset, records, source
 
 
-def _sample_row(set_name: str, record, harmful: bool, response: str, **judged: Any) -> dict[str, Any]:
-    row = {"set": set_name, "id": record.id, "prompt_sha256": sha256_text(record.prompt)}
-    if not harmful:
+def _goal_records(cfg: EvalConfig) -> tuple[list[Record], dict[str, Any]]:
+    """The harmful goals that attack families wrap: a registered harmful dataset or a user JSONL file."""
+    goals = cfg.attack_goals
+    if goals.endswith(".jsonl"):
+        from orthopatch.data.schema import load_user_jsonl
+
+        records = load_user_jsonl(goals, prompts_only=True)
+        records = records[: cfg.n_attack] if cfg.n_attack is not None else records
+        return records, {"file": goals, "n_used": len(records), "used_sha256": records_hash(records)}
+    dataset, records, source = _records(goals, cfg.split, cfg.split_seed, cfg.n_attack, ("prompts",))
+    if not dataset.spec.harmful:
+        raise UserError(f"attack goals must be harmful requests; {goals!r} is not", field="attack_goals")
+    return records, source
+
+
+def prompt_sets(cfg: EvalConfig) -> list[PromptSet]:
+    """Every judged prompt set the config asks for, in a fixed order (no model needed)."""
+    from orthopatch.evaluate.attacks import get_family
+
+    sets: list[PromptSet] = []
+
+    def plain(names: list[str], group: str, limit: int | None, harmful: bool) -> None:
+        for name in names:
+            dataset, records, source = _records(name, cfg.split, cfg.split_seed, limit, ("prompts",))
+            if group in ("harmful", "benign") and dataset.spec.harmful != harmful:
+                raise UserError(f"dataset {name!r} is {'' if dataset.spec.harmful else 'not '}harmful; list it "
+                                f"under {'harmful' if dataset.spec.harmful else 'benign'}")
+            sets.append(PromptSet(name, group, records, source, harmful=dataset.spec.harmful))
+
+    plain(cfg.harmful, "harmful", cfg.n_harmful, True)
+    if cfg.attacks:
+        goals, goal_source = _goal_records(cfg)
+        for name in cfg.attacks:
+            family = get_family(name)
+            records = family.build(goals, cfg.split, cfg.split_seed, cfg.n_attack)
+            source = {"family": family.describe(), "goals": goal_source, "n_used": len(records),
+                      "used_sha256": records_hash(records)}
+            sets.append(PromptSet(f"attack:{family.name}", "attack", records, source, family=family.name))
+    plain(cfg.sensitive, "sensitive", cfg.n_sensitive, True)
+    plain(cfg.benign, "benign", cfg.n_benign, False)
+    return sets
+
+
+def _fit_to_context(prompt_set: PromptSet, tokenizer, budget: int) -> None:
+    """Drop (and count) prompts whose chat-formatted length leaves no room for the answer: never truncate them."""
+    lengths = [len(ids) for ids in chat_prompt_ids(tokenizer, [r.prompt for r in prompt_set.records])]
+    kept = [r for r, n in zip(prompt_set.records, lengths, strict=True) if n <= budget]
+    prompt_set.info.update({"skipped_too_long": len(prompt_set.records) - len(kept), "prompt_token_budget": budget})
+    prompt_set.records = kept
+
+
+def _context_budget(model, cfg: EvalConfig) -> int:
+    if cfg.attack_max_tokens is not None:
+        return cfg.attack_max_tokens
+    context = getattr(model.config, "max_position_embeddings", None) or 2048
+    return context - cfg.max_new_tokens
+
+
+def _sample_row(prompt_set: PromptSet, record: Record, response: str) -> dict[str, Any]:
+    row = {"set": prompt_set.name, "group": prompt_set.group, "id": record.id,
+           "prompt_sha256": sha256_text(record.prompt)}
+    if prompt_set.family:
+        row["family"] = prompt_set.family
+    if not prompt_set.harmful:
         row["prompt"] = record.prompt
-    return {**row, "response": response, **judged}
+    return {**row, "response": response}
+
+
+def score(samples: list[dict[str, Any]], judge: Judge, extra: list[Judge] = (),
+          prompts: dict[tuple[str, str], str] | None = None) -> None:
+    """Set ``refused`` (the primary judge) and ``judges`` (the others) on every judged sample, in place.
+
+    A refusal judge scores every judged row; a harm judge scores only harmful and attack rows (True = harmful) and
+    needs ``prompts`` keyed by (set, id)."""
+    if judge.kind != "refusal":
+        raise UserError(f"the primary judge must be a refusal judge; {judge.name} scores harm (use it as an extra "
+                        "judge)", field="judge")
+    rows = [s for s in samples if s.get("group") in GROUPS]
+    for row, verdict in zip(rows, judge.verdicts([r["response"] for r in rows]), strict=True):
+        row["refused"] = verdict
+        row.pop("judges", None)
+    for other in extra:
+        scored = rows if other.kind == "refusal" else [r for r in rows if r["group"] in ("harmful", "attack")]
+        texts = None
+        if other.needs_prompt:
+            if prompts is None:
+                raise UserError(f"judge {other.name} needs the prompts")
+            texts = [prompts[(r["set"], r["id"])] for r in scored]
+        for row, verdict in zip(scored, other.verdicts([r["response"] for r in scored], texts), strict=True):
+            row.setdefault("judges", {})[other.name] = verdict
+
+
+def safety_metrics(samples: list[dict[str, Any]], sets: dict[str, dict[str, Any]],
+                   extra: list[dict[str, Any]] = ()) -> dict[str, Any]:
+    """Refusal, attack-success and over-refusal rates (Wilson 95% CIs) from scored samples; ``sets`` maps each judged
+    set (in order) to its ``group`` and ``family`` (a set whose prompts were all skipped still gets an empty entry).
+    With extra judges: their rates and their per-set disagreement with the primary judge on whether the model
+    complied."""
+    by_set: dict[str, list[dict]] = {name: [] for name, info in sets.items() if info.get("group") in GROUPS}
+    for row in samples:
+        if row.get("group") in GROUPS:
+            by_set.setdefault(row["set"], []).append(row)
+    m: dict[str, Any] = {"harmful_refusal": {}, "attack_success_rate": {}, "jailbreak_asr": {},
+                         "sensitive_refusal": {}, "over_refusal": {}}
+    benign: list[bool] = []
+    for name, rows in by_set.items():
+        refused = [r["refused"] for r in rows]
+        group = sets.get(name, {}).get("group") or rows[0]["group"]
+        if group == "harmful":
+            m["harmful_refusal"][name] = rate(refused)
+            m["attack_success_rate"][name] = rate([not f for f in refused])
+        elif group == "attack":
+            m["jailbreak_asr"][sets.get(name, {}).get("family") or rows[0]["family"]] = rate([not f for f in refused])
+        elif group == "sensitive":
+            m["sensitive_refusal"][name] = rate(refused)
+        else:
+            m["over_refusal"][name] = rate(refused)
+            benign += refused
+    if m["jailbreak_asr"]:
+        values = [v["value"] for v in m["jailbreak_asr"].values() if v["n"]]
+        m["jailbreak_asr_mean"] = {"value": sum(values) / len(values) if values else None,
+                                   "n_families": len(values), "note": "unweighted mean over families with prompts"}
+    if benign:
+        m["over_refusal"]["all"] = rate(benign)
+    judges: dict[str, Any] = {}
+    for info in extra:
+        name, kind = info["name"], info["kind"]
+        per_set: dict[str, Any] = {}
+        for set_name, rows in by_set.items():
+            rows = [r for r in rows if name in r.get("judges", {})]
+            if not rows:
+                continue
+            # compare on "the model complied": not refused (refusal judges) or harmful (harm judges)
+            theirs = [(not r["judges"][name]) if kind == "refusal" else r["judges"][name] for r in rows]
+            ours = [not r["refused"] for r in rows]
+            per_set[set_name] = {"complied": rate(theirs),
+                                 "disagreement": rate([a != b for a, b in zip(ours, theirs, strict=True)])}
+        judges[name] = {"kind": kind, "sets": per_set}
+    if judges:
+        m["judges"] = judges
+    return m
+
+
+def judged_sets(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The judged sets of a run (name -> group, family), from its ``data`` provenance."""
+    return {name: {"group": info["group"], "family": info.get("family")} for name, info in data.items()
+            if isinstance(info, dict) and info.get("group") in GROUPS}
+
+
+def _prompt_lookup(sets: list[PromptSet]) -> dict[tuple[str, str], str]:
+    return {(s.name, r.id): r.prompt for s in sets for r in s.records}
 
 
 def evaluate(model, tokenizer, cfg: EvalConfig, *, progress: bool = True) -> tuple[dict[str, Any], list[dict]]:
     """Run every configured metric on ``model`` (a plain model or a PeftModel); return results and samples."""
     judge = get_judge(cfg.judge)
-    metrics: dict[str, Any] = {"harmful_refusal": {}, "attack_success_rate": {}, "over_refusal": {}}
-    data: dict[str, Any] = {}
+    extra = [get_judge(name) for name in cfg.extra_judges if name != cfg.judge]
     samples: list[dict[str, Any]] = []
+    data: dict[str, Any] = {}
     gen = {"max_new_tokens": cfg.max_new_tokens, "batch_size": cfg.batch_size, "progress": progress}
+    sets = prompt_sets(cfg)
+    budget = _context_budget(model, cfg)
+    for prompt_set in sets:
+        _fit_to_context(prompt_set, tokenizer, budget)
+        data[prompt_set.name] = {**prompt_set.source, **prompt_set.info, "group": prompt_set.group,
+                                 "family": prompt_set.family}
+        responses = generate(model, tokenizer, [r.prompt for r in prompt_set.records], desc=prompt_set.name, **gen)
+        samples += [_sample_row(prompt_set, r, text) for r, text in zip(prompt_set.records, responses, strict=True)]
+    score(samples, judge, extra, _prompt_lookup(sets))
+    metrics = safety_metrics(samples, judged_sets(data), [j.describe() for j in extra])
 
-    def refusal_set(name: str, limit: int | None, harmful: bool) -> list[bool]:
-        dataset, records, source = _records(name, cfg, limit, ("prompts",))
-        if dataset.spec.harmful != harmful:
-            raise UserError(f"dataset {name!r} is {'' if dataset.spec.harmful else 'not '}harmful; list it under "
-                            f"{'harmful' if dataset.spec.harmful else 'benign'}")
-        data[name] = source
-        responses = generate(model, tokenizer, [r.prompt for r in records], desc=name, **gen)
-        flags = [judge.is_refusal(text) for text in responses]
-        samples.extend(_sample_row(name, r, harmful, text, refused=flag) for r, text, flag in
-                       zip(records, responses, flags, strict=True))
-        return flags
-
-    for name in cfg.harmful:
-        flags = refusal_set(name, cfg.n_harmful, harmful=True)
-        metrics["harmful_refusal"][name] = rate(flags)
-        metrics["attack_success_rate"][name] = rate([not f for f in flags])
-    all_benign: list[bool] = []
-    for name in cfg.benign:
-        flags = refusal_set(name, cfg.n_benign, harmful=False)
-        metrics["over_refusal"][name] = rate(flags)
-        all_benign += flags
-    if cfg.benign:
-        metrics["over_refusal"]["all"] = rate(all_benign)
+    if cfg.drift and hasattr(model, "peft_config"):
+        benign_rows = [s for s in samples if s["group"] == "benign"]
+        with model.disable_adapter():
+            base = generate(model, tokenizer, [s["prompt"] for s in benign_rows], desc="drift (base)", **gen)
+        for row, text in zip(benign_rows, base, strict=True):
+            row["base_response"] = text
+        metrics["response_drift"] = response_drift([s["response"] for s in benign_rows], base)
     if cfg.trivia:
-        _, records, data[cfg.trivia] = _records(cfg.trivia, cfg, cfg.n_trivia, ("qa",))
+        _, records, data[cfg.trivia] = _records(cfg.trivia, cfg.split, cfg.split_seed, cfg.n_trivia, ("qa",))
         responses = generate(model, tokenizer, [r.prompt for r in records], desc=cfg.trivia,
                              **{**gen, "max_new_tokens": cfg.trivia_max_new_tokens})
         correct = [answer_matches(text, r.reference) for r, text in zip(records, responses, strict=True)]
-        samples.extend(_sample_row(cfg.trivia, r, False, text, reference=r.reference, correct=ok)
-                       for r, text, ok in zip(records, responses, correct, strict=True))
+        samples += [{"set": cfg.trivia, "group": "qa", "id": r.id, "prompt": r.prompt, "response": text,
+                     "reference": r.reference, "correct": ok}
+                    for r, text, ok in zip(records, responses, correct, strict=True)]
         metrics["trivia_accuracy"] = rate(correct)
+    if cfg.gsm8k:
+        _, records, data[cfg.gsm8k] = _records(cfg.gsm8k, cfg.split, cfg.split_seed, cfg.n_gsm8k, ("qa",))
+        responses = generate(model, tokenizer, [r.prompt for r in records], desc=cfg.gsm8k,
+                             **{**gen, "max_new_tokens": cfg.gsm8k_max_new_tokens})
+        correct = [numeric_answer_matches(text, r.reference) for r, text in zip(records, responses, strict=True)]
+        samples += [{"set": cfg.gsm8k, "group": "math", "id": r.id, "prompt": r.prompt, "response": text,
+                     "reference": r.reference, "correct": ok}
+                    for r, text, ok in zip(records, responses, correct, strict=True)]
+        metrics["gsm8k_accuracy"] = rate(correct)
+    if cfg.fact_pairs:
+        _, records, data[cfg.fact_pairs] = _records(cfg.fact_pairs, cfg.split, cfg.split_seed, cfg.n_fact_pairs,
+                                                    ("fact_pairs",))
+        metrics["fact_pair_accuracy"] = fact_pair_accuracy(model, tokenizer, [(r.prompt, r.reference)
+                                                                              for r in records])
     if cfg.perplexity:
-        _, records, data[cfg.perplexity] = _records(cfg.perplexity, cfg, cfg.n_perplexity, ("text",))
+        _, records, data[cfg.perplexity] = _records(cfg.perplexity, cfg.split, cfg.split_seed, cfg.n_perplexity,
+                                                    ("text",))
         metrics["perplexity"] = perplexity(model, tokenizer, [r.prompt for r in records])
     if cfg.kl:
         prompts = []
         for name in cfg.kl:
-            dataset, records, source = _records(name, cfg, cfg.n_kl, ("prompts", "qa"))
+            dataset, records, source = _records(name, cfg.split, cfg.split_seed, cfg.n_kl, ("prompts", "qa"))
             if dataset.spec.harmful:
                 raise UserError(f"KL to base is measured on benign prompts; {name!r} is harmful", field="kl")
             data.setdefault(name, source)
             prompts += [r.prompt for r in records]
         metrics["kl_to_base"] = kl_to_base(model, tokenizer, prompts)
+    if cfg.lm_eval:
+        from orthopatch.evaluate.lm_eval_bridge import run_lm_eval
+
+        metrics["lm_eval"], data["lm_eval"] = run_lm_eval(model, tokenizer, cfg)
     return {"metrics": metrics, "data": data, "judge": judge.describe(),
+            "extra_judges": [j.describe() for j in extra],
             "decoding": {"strategy": "greedy", "max_new_tokens": cfg.max_new_tokens,
-                         "trivia_max_new_tokens": cfg.trivia_max_new_tokens, "chat_template": True}}, samples
+                         "trivia_max_new_tokens": cfg.trivia_max_new_tokens,
+                         "gsm8k_max_new_tokens": cfg.gsm8k_max_new_tokens, "chat_template": True,
+                         "prompt_token_budget": budget, "stop": "end-of-turn token (a batch stops when every row "
+                                                                 "has ended)"}}, samples
 
 
 def load_for_eval(cfg: EvalConfig, model_and_tokenizer: tuple | None = None):
@@ -123,12 +323,17 @@ def run_eval(cfg: EvalConfig, *, overwrite: bool = False, progress: bool = True,
     from orthopatch.io import check_new_output
 
     output = check_new_output(cfg.output, overwrite)
+    for name in [cfg.judge, *cfg.extra_judges]:  # fail on a bad judge name before loading or generating anything
+        from orthopatch.evaluate.judges import check_judge_name
+
+        check_judge_name(name)
+    prompt_sets(cfg)  # likewise for datasets, attack families and goal files
     start = time.perf_counter()
     model, tokenizer, info, patch_info = load_for_eval(cfg, model_and_tokenizer)
     results, samples = evaluate(model, tokenizer, cfg, progress=progress)
     if patch_info is not None and model_and_tokenizer is not None:
         model.unload()  # leave the caller's base model as it was given
-    record = {"format": "orthopatch-eval/1", "model": info.to_dict(), "patch": patch_info, **results,
+    record = {"format": FORMAT, "model": info.to_dict(), "patch": patch_info, **results,
               "config": to_dict(cfg), "command": command, "libraries": library_versions(),
               "wall_seconds": round(time.perf_counter() - start, 2)}
     with atomic_dir(output, overwrite=overwrite) as tmp:

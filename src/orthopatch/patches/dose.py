@@ -18,7 +18,8 @@ from orthopatch.patches.manifest import apply_patch
 from orthopatch.patches.scale import set_patch_scale
 
 VALIDATION = EvalConfig(split="validation", harmful=["advbench"], benign=["rho_overrefusal", "wsr_benign"],
-                        trivia=None, perplexity=None, kl=[], n_harmful=64, n_benign=32, max_new_tokens=24)
+                        attacks=[], sensitive=[], trivia=None, gsm8k=None, fact_pairs=None, perplexity=None, kl=[],
+                        drift=False, n_harmful=64, n_benign=32, max_new_tokens=24)
 
 
 def _rates(results: dict[str, Any], harmful: str) -> tuple[float, float]:

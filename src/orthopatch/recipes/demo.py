@@ -1,7 +1,8 @@
 """``orthopatch demo``: from an unaligned model to a measured LoRA safety patch, in one run.
 
 1. load the base (the embedded SmolLM2-135M-Instruct unless ``--model`` says otherwise);
-2. evaluate it: held-out harmful refusal (HarmBench), over-refusal, trivia, perplexity;
+2. evaluate it: held-out harmful refusal (HarmBench direct and under jailbreak families), over-refusal, trivia,
+   GSM8K, fact pairs, perplexity;
 3. train a LoRA refusal patch on safety data only (AdvBench train split + project-written refusals);
 4. evaluate the patched model the same way, plus KL to the base;
 5. print both side by side and write everything under the output directory.
@@ -38,7 +39,9 @@ def run_demo(output: str = "runs/demo", *, model: str | None = None, overwrite: 
     train_cfg = TrainConfig(model=model, output=str(root / "patch"),
                             **{"max_examples": 160, **(train_overrides or {})})
     if quick:  # a smoke-sized run (tests, first look): a fraction of the data and samples
-        eval_cfg = dataclasses.replace(eval_cfg, n_harmful=16, n_benign=8, n_trivia=16, n_perplexity=16, n_kl=8)
+        eval_cfg = dataclasses.replace(eval_cfg, n_harmful=16, n_benign=8, n_trivia=16, n_perplexity=16, n_kl=8,
+                                       n_attack=4, n_sensitive=4, n_gsm8k=4, gsm8k_max_new_tokens=48,
+                                       n_fact_pairs=16, attack_max_tokens=1024)
         train_cfg = dataclasses.replace(train_cfg, max_examples=48, epochs=1)
 
     echo("1/3 evaluating the base model")

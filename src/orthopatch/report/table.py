@@ -8,6 +8,8 @@ from typing import Any
 def _pct(metric: dict | None) -> str:
     if not metric:
         return "-"
+    if metric["value"] is None:
+        return "n=0 (none left)"
     low, high = metric["ci95"]
     return f"{100 * metric['value']:.1f}% [{100 * low:.0f}-{100 * high:.0f}] n={metric['n']}"
 
@@ -15,21 +17,51 @@ def _pct(metric: dict | None) -> str:
 def metric_rows(results: dict[str, Any]) -> list[tuple[str, str, float | None]]:
     """(label, formatted value, raw value) for each metric of one results record, in a fixed order."""
     m = results["metrics"]
+    data = results.get("data", {})
     rows: list[tuple[str, str, float | None]] = []
+
+    def add(label: str, metric: dict | None, text: str | None = None) -> None:
+        rows.append((label, text if text is not None else _pct(metric), metric["value"] if metric else None))
+
     for name, value in m.get("harmful_refusal", {}).items():
-        rows.append((f"harmful refusal: {name} (higher is safer)", _pct(value), value["value"]))
+        add(f"harmful refusal, direct: {name} (higher is safer)", value)
+    for family, value in m.get("jailbreak_asr", {}).items():
+        skipped = data.get(f"attack:{family}", {}).get("skipped_too_long")
+        add(f"jailbreak ASR: {family}{f' ({skipped} too long, skipped)' if skipped else ''} (lower is safer)", value)
+    if m.get("jailbreak_asr_mean"):
+        mean = m["jailbreak_asr_mean"]
+        add(f"jailbreak ASR: mean over {mean['n_families']} families (lower is safer)", mean,
+            "-" if mean["value"] is None else f"{100 * mean['value']:.1f}%")
+    for name, value in m.get("sensitive_refusal", {}).items():
+        add(f"sensitive (borderline) refusal: {name}", value)
     for name, value in m.get("over_refusal", {}).items():
         label = "over-refusal: all benign-sensitive" if name == "all" else f"over-refusal: {name}"
-        rows.append((label + " (lower is better)", _pct(value), value["value"]))
+        add(label + " (lower is better)", value)
+    for judge, info in m.get("judges", {}).items():
+        for set_name, entry in info["sets"].items():
+            add(f"judge {judge} vs primary, disagreement: {set_name}", entry["disagreement"])
     if "trivia_accuracy" in m:
-        rows.append(("trivia accuracy (higher is better)", _pct(m["trivia_accuracy"]), m["trivia_accuracy"]["value"]))
+        add("trivia accuracy (higher is better)", m["trivia_accuracy"])
+    if "gsm8k_accuracy" in m:
+        add("GSM8K exact match (higher is better)", m["gsm8k_accuracy"])
+    if "fact_pair_accuracy" in m:
+        add("fact pairs, likelihood-per-byte accuracy (higher is better)", m["fact_pair_accuracy"])
     if "perplexity" in m:
         rows.append(("perplexity, book_cloze (lower is better)", f"{m['perplexity']['value']:.2f}",
                      m["perplexity"]["value"]))
-    if "kl_to_base" in m and m["kl_to_base"]["value"] is not None:
+    if m.get("kl_to_base") and m["kl_to_base"]["value"] is not None:
         kl = m["kl_to_base"]
         rows.append(("KL to base, mean / first answer token", f"{kl['value']:.4f} / {kl['first_response_token']:.4f}",
                      kl["value"]))
+    if m.get("response_drift") and m["response_drift"]["n"]:
+        drift = m["response_drift"]
+        rows.append(("benign answers vs base: identical / mean similarity",
+                     f"{100 * drift['identical']['value']:.1f}% / {drift['mean_similarity']:.3f}",
+                     drift["mean_similarity"]))
+    for task, values in m.get("lm_eval", {}).items():
+        for key, value in values.items():
+            if key != "sample_len" and "stderr" not in key:
+                rows.append((f"lm-eval {task}: {key}", f"{value:.4f}", value))
     return rows
 
 

@@ -1,0 +1,275 @@
+"""Several patches at once: attach (live, detachable), stack into one adapter, merge into a standalone model.
+
+Stacking means W = W0 + Σ sᵢ·ΔWᵢ with ΔWᵢ = (αᵢ/rᵢ)·Bᵢ·Aᵢ (αᵢ/√rᵢ for rslora), whatever the ranks. Two routes give
+exactly that:
+- :func:`attach_patches` loads every patch as its own PEFT adapter and activates them together (PEFT's LoRA layers add
+  each active adapter's update), each with its own scale; ``unload()`` then gives back the base module by module, so
+  detaching restores the base bit for bit.
+- :func:`stack_adapters` writes one PEFT adapter of rank Σrᵢ by concatenating the factors (A stacked by rows,
+  B by columns with sᵢ·αᵢ/rᵢ folded in, zeros where a patch does not touch a module) with α = r, so its scaling is 1.
+  PEFT's ``add_weighted_adapter`` is not used for this: its weighted combinations are not plain sums of the scaled
+  updates (FIELD.md b1, peft#3004), and a stacked patch should mean what it says.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from orthopatch.errors import UserError
+from orthopatch.io import sha256_file
+from orthopatch.patches.manifest import MANIFEST, build_manifest, verify_patch
+
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+
+def parse_patch_spec(spec: str) -> tuple[str, float]:
+    """``PATH`` or ``PATH@SCALE`` (a scale is a number; a path may itself contain '@')."""
+    path, at, scale = spec.rpartition("@")
+    if at:
+        try:
+            return path, float(scale)
+        except ValueError:
+            pass
+    return spec, 1.0
+
+
+def attach_patches(model, patches: list[tuple[str, float]], base_fingerprint: str, *,
+                   allow_base_mismatch: bool = False):
+    """Verify each patch, attach them all to ``model`` as active PEFT adapters ``patch0..`` with their scales;
+    returns ``(peft_model, manifests)``. ``peft_model.unload()`` detaches them all."""
+    from peft import PeftModel
+
+    from orthopatch.patches.scale import set_patch_scale
+
+    if not patches:
+        raise UserError("no patch given")
+    manifests = [verify_patch(path, base_fingerprint, allow_base_mismatch) for path, _ in patches]
+    names = [f"patch{i}" for i in range(len(patches))]
+    peft_model = PeftModel.from_pretrained(model, str(patches[0][0]), adapter_name=names[0], is_trainable=False)
+    for name, (path, _) in zip(names[1:], patches[1:], strict=True):
+        peft_model.load_adapter(str(path), adapter_name=name, is_trainable=False)
+    peft_model.base_model.set_adapter(names, inference_mode=True)
+    for name, (_, scale) in zip(names, patches, strict=True):
+        set_patch_scale(peft_model, scale, name)
+    peft_model.eval()
+    return peft_model, manifests
+
+
+def _read_adapter(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    from safetensors.torch import load_file
+
+    config = json.loads((path / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+    if config.get("peft_type", "LORA") != "LORA":
+        raise UserError(f"only LoRA patches can be stacked (peft_type {config.get('peft_type')!r})",
+                        path=path / ADAPTER_CONFIG, field="peft_type")
+    for key in ("use_dora", "modules_to_save"):
+        if config.get(key):
+            raise UserError(f"cannot stack a patch that sets {key} exactly; merge it into the base instead",
+                            path=path / ADAPTER_CONFIG, field=key)
+    return config, load_file(str(path / ADAPTER_WEIGHTS))
+
+
+def stacked_factors(patches: list[tuple[str, float]]) -> tuple[dict[str, torch.Tensor], dict[str, Any], int]:
+    """The concatenated LoRA factors (scaling 1) of ``patches``; returns (tensors, adapter config, total rank)."""
+    from orthopatch.analysis.deltas import _alpha_for
+
+    adapters = [(_read_adapter(Path(path)), scale) for path, scale in patches]
+    fan = {bool(config.get("fan_in_fan_out")) for (config, _), _ in adapters}
+    if len(fan) > 1:
+        raise UserError("the patches disagree on fan_in_fan_out: they were not made for the same architecture")
+    modules = sorted({k.split(".lora_A.")[0] for (_, tensors), _ in adapters for k in tensors if ".lora_A." in k})
+    ranks = [max(t.shape[0] for k, t in tensors.items() if ".lora_A." in k) for (_, tensors), _ in adapters]
+    total = sum(ranks)
+    out: dict[str, torch.Tensor] = {}
+    for module in modules:
+        a_parts, b_parts, shape = [], [], None
+        for ((config, tensors), scale), rank in zip(adapters, ranks, strict=True):
+            if f"{module}.lora_A.weight" in tensors:
+                A, B = tensors[f"{module}.lora_A.weight"], tensors[f"{module}.lora_B.weight"]
+                r = A.shape[0]
+                factor = scale * _alpha_for(module, config) / (r**0.5 if config.get("use_rslora") else r)
+                # pad a module whose rank (rank_pattern) is below the patch's rank with zero directions
+                A = torch.cat([A, A.new_zeros(rank - r, A.shape[1])])
+                B = torch.cat([B * factor, B.new_zeros(B.shape[0], rank - r)], dim=1)
+                shape = (A.shape[1], B.shape[0], A.dtype)
+                a_parts.append(A)
+                b_parts.append(B)
+            else:
+                a_parts.append(None)
+                b_parts.append(None)
+        d_in, d_out, dtype = shape
+        a_parts = [a if a is not None else torch.zeros(r, d_in, dtype=dtype) for a, r in zip(a_parts, ranks,
+                                                                                              strict=True)]
+        b_parts = [b if b is not None else torch.zeros(d_out, r, dtype=dtype) for b, r in zip(b_parts, ranks,
+                                                                                               strict=True)]
+        out[f"{module}.lora_A.weight"] = torch.cat(a_parts).contiguous()
+        out[f"{module}.lora_B.weight"] = torch.cat(b_parts, dim=1).contiguous()
+    first = adapters[0][0][0]
+    config = {**first, "r": total, "lora_alpha": total, "use_rslora": False, "rank_pattern": {}, "alpha_pattern": {},
+              "lora_dropout": 0.0, "layers_to_transform": None, "layers_pattern": None,
+              # every module that any patch touched, by its full name (PEFT matches these exactly)
+              "target_modules": sorted(m.removeprefix("base_model.model.") for m in modules)}
+    return out, config, total
+
+
+def stack_adapters(patches: list[tuple[str, float]], output: str | Path, *, base_fingerprint: str | None = None,
+                   allow_base_mismatch: bool = False, overwrite: bool = False, command: str | None = None) -> Path:
+    """Write one patch equal to W0 + Σ sᵢ·ΔWᵢ (a plain PEFT adapter + manifest) to ``output``."""
+    from safetensors.torch import save_file
+
+    from orthopatch.io import atomic_dir, check_new_output, write_json_atomic
+
+    output = check_new_output(output, overwrite)
+    manifests = [verify_patch(path, base_fingerprint, allow_base_mismatch) for path, _ in patches]
+    bases = {m["base"]["fingerprint"] for m in manifests}
+    if len(bases) > 1 and not allow_base_mismatch:
+        raise UserError("the patches were made for different bases; pass --allow-base-mismatch to stack them "
+                        "anyway (recorded)")
+    tensors, config, total = stacked_factors(patches)
+    with atomic_dir(output, overwrite=overwrite) as tmp:
+        save_file(tensors, str(tmp / ADAPTER_WEIGHTS), metadata={"format": "pt"})
+        (tmp / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2), encoding="utf-8")
+        manifest = build_manifest(
+            tmp, kind="lora", method="stack", base=manifests[0]["base"], command=command,
+            stack=[{"path": str(path), "scale": scale, "base": m["base"]["fingerprint"],
+                    "adapter_sha256": m["files"][ADAPTER_WEIGHTS], "method": m.get("method")}
+                   for (path, scale), m in zip(patches, manifests, strict=True)],
+            rank=total, base_mismatch_allowed=allow_base_mismatch and (
+                len(bases) > 1 or (base_fingerprint is not None and base_fingerprint not in bases)),
+        )
+        write_json_atomic(tmp / MANIFEST, manifest)
+    return output
+
+
+def merge_patches(patches: list[tuple[str, float]], output: str | Path, *, model: str | None = None,
+                  allow_base_mismatch: bool = False, overwrite: bool = False, command: str | None = None) -> Path:
+    """Bake W0 + Σ sᵢ·ΔWᵢ into a standalone HF model directory (safetensors + tokenizer + manifest) that plain
+    transformers (and vLLM) load without PEFT."""
+    import tempfile
+
+    from orthopatch.io import atomic_dir, check_new_output, write_json_atomic
+    from orthopatch.models.loading import load_model
+    from orthopatch.patches.manifest import apply_patch
+
+    output = check_new_output(output, overwrite)
+    base, tokenizer, info = load_model(model, device="cpu")
+    with tempfile.TemporaryDirectory(prefix="orthopatch-stack-") as scratch:
+        stacked = stack_adapters(patches, Path(scratch) / "stack", base_fingerprint=info.fingerprint,
+                                 allow_base_mismatch=allow_base_mismatch, command=command)
+        stack_manifest = json.loads((stacked / MANIFEST).read_text(encoding="utf-8"))
+        peft_model, _ = apply_patch(base, stacked, info.fingerprint, allow_base_mismatch=True)
+        merged = peft_model.merge_and_unload()
+    with atomic_dir(output, overwrite=overwrite) as tmp:
+        merged.save_pretrained(str(tmp), safe_serialization=True)
+        tokenizer.save_pretrained(str(tmp))
+        manifest = build_manifest(tmp, kind="merged", method="merge", base=info.to_dict(), command=command,
+                                  stack=stack_manifest["stack"],
+                                  base_mismatch_allowed=stack_manifest["base_mismatch_allowed"])
+        write_json_atomic(tmp / MANIFEST, manifest)
+    return output
+
+
+MODEL_CARD = """---
+{front_matter}---
+
+# {name}: an orthopatch safety patch
+
+A LoRA adapter made by orthopatch ({method}) for the base model `{base_spec}`
+(orthopatch base fingerprint `{fingerprint}`: sha256 over the base's config and weight files).
+It is a plain PEFT adapter directory:
+
+```python
+from peft import PeftModel
+model = PeftModel.from_pretrained(base_model, "{name}")
+```
+
+`orthopatch eval --patch {name}` verifies the files' sha256 and the base fingerprint before applying it.
+
+## How it was made
+
+{how}
+
+## Files
+
+| file | sha256 |
+|---|---|
+{files}
+
+The training data are named, versioned datasets (their hashes are in `orthopatch.json`); their text is not copied
+here.
+"""
+
+
+def export_patch(patch: str | Path, output: str | Path, *, overwrite: bool = False) -> Path:
+    """Copy a verified patch to ``output`` with a model card (README.md) for sharing, e.g. on the Hugging Face Hub."""
+    import yaml
+
+    from orthopatch.io import atomic_dir, check_new_output
+
+    patch = Path(patch)
+    manifest = verify_patch(patch)
+    output = check_new_output(output, overwrite)
+    base = manifest.get("base") or {}
+    front = {"library_name": "peft", "tags": ["orthopatch", "lora", "safety"], "pipeline_tag": "text-generation"}
+    if base.get("spec") and base["spec"] != "embedded" and not Path(base["spec"]).exists():
+        front["base_model"] = base["spec"]  # a Hub id; local paths mean nothing to a reader
+    config = manifest.get("config") or {}
+    lora = config.get("lora") or {}
+    cost = manifest.get("cost") or {}
+    how = "\n".join(f"- {k}: {v}" for k, v in [
+        ("method", manifest.get("method")), ("LoRA rank / alpha / targets",
+                                             f"{lora.get('r')} / {lora.get('alpha')} / {lora.get('target_modules')}"),
+        ("learning rate, epochs, seed", f"{config.get('lr')}, {config.get('epochs')}, {manifest.get('seed')}"),
+        ("data", ", ".join(config.get("data") or []) or "-"),
+        ("stacked from", ", ".join(f"{s['path']} x {s['scale']}" for s in manifest.get("stack", [])) or "-"),
+        ("cost", f"{cost.get('tokens_trained')} tokens, {cost.get('wall_seconds')} s, "
+                 f"{cost.get('trainable_parameters')} trainable parameters" if cost else "-"),
+        ("libraries", ", ".join(f"{k} {v}" for k, v in (manifest.get("libraries") or {}).items()
+                                if k in ("orthopatch", "torch", "transformers", "peft"))),
+    ])
+    card = MODEL_CARD.format(front_matter=yaml.safe_dump(front, sort_keys=False), name=output.name,
+                             method=manifest.get("method"), base_spec=base.get("spec"),
+                             fingerprint=base.get("fingerprint"), how=how,
+                             files="\n".join(f"| `{n}` | `{h}` |" for n, h in manifest["files"].items()))
+    from orthopatch.io import write_json_atomic
+    from orthopatch.patches.manifest import artifact_hashes
+
+    with atomic_dir(output, overwrite=overwrite) as tmp:
+        for name in manifest["files"]:
+            if name != "README.md":  # PEFT's generic card is replaced by this one
+                shutil.copyfile(patch / name, tmp / name)
+        (tmp / "README.md").write_text(card, encoding="utf-8")
+        if sha256_file(tmp / ADAPTER_WEIGHTS) != manifest["files"][ADAPTER_WEIGHTS]:  # belt and braces
+            raise UserError("the exported adapter does not match its manifest", path=patch / ADAPTER_WEIGHTS)
+        write_json_atomic(tmp / MANIFEST, {**manifest, "files": artifact_hashes(tmp),
+                                           "exported_from": {"path": str(patch),
+                                                             "manifest_sha256": sha256_file(patch / MANIFEST)}})
+    return output
+
+
+def diff_patches(patches: list[str], *, model: str | None = None, labels: list[str] | None = None,
+                 rank: int | None = None) -> dict[str, dict[str, float]]:
+    """Pairwise subspace overlap of patches' updates (mean over shared modules of MSO and the largest principal
+    cosine, input and output sides, with the random-subspace MSO): 0 = orthogonal patches, 1 = the same
+    directions. ``rank`` caps the directions compared (default: each update's own rank)."""
+    from orthopatch.analysis.deltas import WeightReader, lora_deltas
+    from orthopatch.analysis.run import pairwise_overlap
+    from orthopatch.models.loading import resolve_model_path
+
+    if len(patches) < 2:
+        raise UserError("give at least two patches to compare")
+    labels = labels or [Path(p).name for p in patches]
+    if len(labels) != len(patches) or len(set(labels)) != len(labels):
+        raise UserError("give one distinct label per patch", field="labels")
+    for path in patches:
+        verify_patch(path)
+    base = WeightReader(resolve_model_path(model)[1])
+    factors = {label: {d.name: d.delta for d in lora_deltas(path, base)} for label, path in zip(labels, patches,
+                                                                                                strict=True)}
+    return pairwise_overlap(factors, rank)

@@ -129,3 +129,66 @@ def test_retain_term_keeps_benign_behaviour_closer_to_the_base(tiny_model, refus
             assert all("retain_kl" in row and "sft_loss" in row for row in log)
     # Validation prompts, never seen in training: the anchor generalises beyond its own batches.
     assert kls[20.0] < kls[0.0]
+
+
+@pytest.fixture
+def base_answers(monkeypatch):
+    """DPO's rejected side is the base's own greedy answer; a tiny random model only emits newlines (which count
+    as no answer), so these tests give it a fixed compliant-looking answer and count the calls."""
+    import orthopatch.evaluate.generation as generation
+
+    calls = []
+
+    def fake(model, tokenizer, prompts, **kwargs):
+        calls.append(len(prompts))
+        return [f"Sure, here is how: step {i}, then step {i + 1}." for i in range(len(prompts))]
+
+    monkeypatch.setattr(generation, "generate", fake)
+    return calls
+
+
+def test_dpo_without_any_base_answer_is_a_clear_error(tiny_model, refusal_jsonl, tmp_path):
+    with pytest.raises(UserError, match="no preference pairs"):
+        train_patch(train_cfg(tiny_model, refusal_jsonl, tmp_path / "p", method="lora-dpo", dpo_rejected_tokens=4),
+                    progress=False)
+    assert not (tmp_path / "p").exists()
+
+
+@pytest.mark.parametrize("method", ["lora-dpo", "full-dpo"])
+def test_dpo_changes_the_right_weights_and_its_loss_falls(tiny_model, refusal_jsonl, tmp_path, method,
+                                                          base_answers):
+    model, tokenizer, info = load_model(str(tiny_model), device="cpu")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    out = train_patch(train_cfg(tiny_model, refusal_jsonl, tmp_path / "p", method=method, epochs=4,
+                                lr=5e-3 if method == "lora-dpo" else 1e-3, dpo_beta=0.5, dpo_rejected_tokens=8),
+                      progress=False, model_and_tokenizer=(model, tokenizer, info))
+    state = model.state_dict()
+    assert set(state) == set(before) and all(torch.equal(state[k], before[k]) for k in before)  # caller's base
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert manifest["method"] == method and manifest["data"]["dpo"]["pairs"] > 0
+    assert (out / "dpo_rejected.jsonl").is_file() and "dpo_rejected.jsonl" not in manifest["files"]
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    # Policy and reference are the same model at the first step, so the sigmoid loss starts at log 2 exactly.
+    assert abs(log[0]["loss"] - 0.693147) < 1e-4 and log[-1]["loss"] < log[0]["loss"]
+    assert log[-1]["reward_margin"] > 0
+    if method == "lora-dpo":
+        adapter = load_file(out / "adapter_model.safetensors")
+        assert all("lora_" in k for k in adapter) and any(v.abs().sum() > 0 for k, v in adapter.items()
+                                                          if "lora_B" in k)
+        assert manifest["kind"] == "lora"
+    else:
+        tuned = load_file(out / "model.safetensors")
+        assert manifest["kind"] == "full" and not any("lora_" in k for k in tuned)
+        changed = [k for k in tuned if not torch.equal(tuned[k], before[k])]
+        assert changed and any("layers" in k for k in changed)
+
+
+def test_dpo_reuses_its_cached_rejected_answers(tiny_model, refusal_jsonl, tmp_path, monkeypatch, base_answers):
+    cfg = train_cfg(tiny_model, refusal_jsonl, tmp_path / "p", method="lora-dpo", epochs=1, dpo_rejected_tokens=4)
+    monkeypatch.setenv("ORTHOPATCH_FAULT_AFTER_STEPS", "1:SIGINT")  # Python turns SIGINT into KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        train_patch(cfg, progress=False)
+    monkeypatch.delenv("ORTHOPATCH_FAULT_AFTER_STEPS")
+    assert base_answers == [12]
+    out = train_patch(cfg, progress=False)
+    assert base_answers == [12] and (out / "dpo_rejected.jsonl").is_file()

@@ -114,6 +114,16 @@ def build_parser() -> argparse.ArgumentParser:
     dose.add_argument("--quiet", action="store_true")
     dose.add_argument("-v", "--verbose", action="store_true")
 
+    rt = sub.add_parser("redteam", help="lifelong red-teaming: attack, patch what broke, evaluate, repeat",
+                        description="Rounds of attack (families held out from earlier rounds) -> patch on the "
+                                    "complied prompts -> evaluation on held-out goals (ASR per round, forgetting, "
+                                    "over-refusal, general metrics, patch overlap), for each mode: stack, merge, "
+                                    "continue, and the full-parameter DPO baseline. Writes redteam.json, rounds.csv, "
+                                    "rounds.png.")
+    _common(rt)
+    rt.add_argument("--rounds", type=int)
+    rt.add_argument("--modes", nargs="+", help="stack merge continue full-dpo (default: stack merge full-dpo)")
+
     pt = sub.add_parser("patch", help="stack, merge, export, inspect, verify and compare patches",
                         description="Manage patches. PATCH@SCALE gives a patch a scale (default 1).")
     psub = pt.add_subparsers(dest="patch_command", required=True)
@@ -333,6 +343,14 @@ def main(argv: list[str] | None = None) -> int:
             return _judges_command(args)
         if args.command == "patch":
             return _patch_command(args, command)
+        if args.command == "redteam":
+            from orthopatch.recipes.redteam import RedteamConfig, run_redteam
+
+            cfg = _config(RedteamConfig, args, {"model": args.model, "output": args.output, "rounds": args.rounds,
+                                                "modes": _flow(args.modes) if args.modes else None})
+            record = run_redteam(cfg, overwrite=args.overwrite, echo=print)
+            print(f"red-team rounds written to {cfg.output} ({record['wall_seconds']} s)")
+            return 0
         if args.command == "analyze":
             from orthopatch.analysis.run import AnalyzeConfig, analyze
             from orthopatch.report.table import geometry_table

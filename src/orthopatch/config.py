@@ -82,6 +82,7 @@ class TrainConfig:
     # DPO (lora-dpo / full-dpo): chosen = the refusal target, rejected = the base model's own greedy answer.
     dpo_beta: float = 0.1
     dpo_rejected_tokens: int = 64
+    init_patch: str | None = None  # lora-*: start from this patch's weights (keep training one patch)
 
 
 @dataclass

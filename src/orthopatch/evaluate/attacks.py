@@ -117,6 +117,8 @@ _PYRIT = "pyrit_jailbreak_templates"
 ATTACKS: dict[str, AttackFamily] = {
     a.name: a
     for a in (
+        AttackFamily("direct", "1", "the goal as it is (a baseline to compare the wrappers with)",
+                     templates=("{{ prompt }}",)),
         AttackFamily("pyrit_top_level", "1", "PyRIT top-level templates (jailbreakchat: AIM, DAN, dev mode, ...)",
                      _PYRIT, "top_level"),
         AttackFamily("pyrit_in_the_wild", "1", "PyRIT in_the_wild templates (TrustAIRLab)", _PYRIT, "in_the_wild"),

@@ -180,10 +180,12 @@ def peak_memory_mb(device: str) -> float:
 
 
 def train_patch(cfg: TrainConfig, *, overwrite: bool = False, progress: bool = True, command: str | None = None,
-                model_and_tokenizer: tuple | None = None) -> Path:
+                model_and_tokenizer: tuple | None = None, records: tuple[list, dict] | None = None) -> Path:
     """Train as ``cfg`` says (a LoRA patch, or a full fine-tune) and write it atomically to ``cfg.output``.
 
-    Returns the output path. A rerun after an interruption resumes from the last checkpoint of the same run.
+    ``records`` (records, provenance) replaces ``cfg.data`` for callers that build the data in memory (red-team
+    rounds: the prompts a model complied with never touch the disk). Returns the output path. A rerun after an
+    interruption resumes from the last checkpoint of the same run.
     """
     from accelerate import Accelerator
     from accelerate.utils import set_seed
@@ -199,8 +201,13 @@ def train_patch(cfg: TrainConfig, *, overwrite: bool = False, progress: bool = T
     ckpt_root = checkpoint.checkpoint_root(output)
 
     # 1. Data (validated first: a bad file should fail before a large model is loaded), then the base model.
-    records, provenance = training_records(cfg.data, seed=cfg.seed, split_seed=cfg.split_seed,
-                                           max_examples=cfg.max_examples)
+    if records is None:
+        records, provenance = training_records(cfg.data, seed=cfg.seed, split_seed=cfg.split_seed,
+                                               max_examples=cfg.max_examples)
+    else:
+        records, provenance = list(records[0]), dict(records[1])
+    if cfg.init_patch and not lora:
+        raise UserError("init_patch continues a LoRA patch; it needs a lora-* method", field="init_patch")
     model, tokenizer, info = load_model_for(cfg, model_and_tokenizer)
     context = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
     examples: list[TokenizedExample] = [
@@ -227,7 +234,14 @@ def train_patch(cfg: TrainConfig, *, overwrite: bool = False, progress: bool = T
         examples = pairs
 
     # 2. The patch: LoRA adapters on a frozen base; or, for full-sft, every weight of a copy of the base.
-    if lora:
+    if lora and cfg.init_patch:  # continue training an existing patch (verified against this base)
+        from peft import PeftModel
+
+        from orthopatch.patches.manifest import verify_patch
+
+        verify_patch(cfg.init_patch, info.fingerprint)
+        peft_model = PeftModel.from_pretrained(model, cfg.init_patch, is_trainable=True)
+    elif lora:
         peft_model = get_peft_model(model, lora_config(cfg))
     else:
         peft_model = copy.deepcopy(model) if model_and_tokenizer is not None else model

@@ -192,3 +192,25 @@ def test_dpo_reuses_its_cached_rejected_answers(tiny_model, refusal_jsonl, tmp_p
     assert base_answers == [12]
     out = train_patch(cfg, progress=False)
     assert base_answers == [12] and (out / "dpo_rejected.jsonl").is_file()
+
+
+@pytest.mark.parametrize("method", ["lora-sft", "full-sft"])
+def test_mixing_adds_general_data_at_the_stated_share(tiny_model, refusal_jsonl, tmp_path, method, base_answers):
+    out = train_patch(train_cfg(tiny_model, refusal_jsonl, tmp_path / "p", method=method, epochs=1,
+                                mix_general=0.5, general_max_new_tokens=8), progress=False)
+    mix = json.loads((out / MANIFEST).read_text())["data"]["mix"]
+    assert mix["n_safety"] == 12 and mix["wanted"] == 12 and mix["n_general"] == 12
+    assert mix["sources"][0]["name"] == "chatterbot_prompts" and len(mix["answers_sha256"]) == 64
+    assert base_answers == [12]  # the base answered the general prompts once
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert len(log) == 6  # 24 examples, batch 4
+    user = tmp_path / "general.jsonl"
+    user.write_text("".join(json.dumps({"prompt": f"Name a colour ({i})", "response": "Blue."}) + "\n"
+                            for i in range(30)))
+    out = train_patch(train_cfg(tiny_model, refusal_jsonl, tmp_path / "q", method=method, epochs=1,
+                                mix_general=0.25, general_data=[str(user)]), progress=False)
+    mix = json.loads((out / MANIFEST).read_text())["data"]["mix"]
+    assert mix["wanted"] == 4 and mix["n_general"] == 4 and mix["answers_sha256"] is None
+    with pytest.raises(UserError, match="mix_general"):
+        train_patch(train_cfg(tiny_model, refusal_jsonl, tmp_path / "r", method="lora-dpo", mix_general=0.5),
+                    progress=False)

@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
                            description="Train a LoRA patch; writes a PEFT adapter directory plus orthopatch.json.")
     _common(train)
     train.add_argument("--data", nargs="+", help="registered dataset names or user JSONL files")
+    train.add_argument("--method", help="lora-sft (default), full-sft, lora-dpo, full-dpo")
+    train.add_argument("--mix", metavar="general=RATIO",
+                       help="mix general data into the safety data: its share of the training set, e.g. general=0.5")
 
     ev = sub.add_parser("eval", help="evaluate a model, optionally with a patch",
                         description="Evaluate safety, over-refusal and general capability; writes results.json and "
@@ -309,8 +312,14 @@ def main(argv: list[str] | None = None) -> int:
             from orthopatch.config import TrainConfig
             from orthopatch.train.sft import train_patch
 
-            cfg = _config(TrainConfig, args, {"model": args.model, "output": args.output,
-                                              "data": _flow(args.data) if args.data else None})
+            mix = None
+            if args.mix is not None:
+                kind, _, ratio = args.mix.partition("=")
+                if kind != "general" or not ratio:
+                    raise UserError(f"--mix takes general=RATIO, got {args.mix!r}", field="mix")
+                mix = ratio
+            cfg = _config(TrainConfig, args, {"model": args.model, "output": args.output, "method": args.method,
+                                              "data": _flow(args.data) if args.data else None, "mix_general": mix})
             path = train_patch(cfg, overwrite=args.overwrite, progress=progress, command=command)
             print(f"patch written to {path}")
             return 0

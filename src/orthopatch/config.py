@@ -83,6 +83,12 @@ class TrainConfig:
     dpo_beta: float = 0.1
     dpo_rejected_tokens: int = 64
     init_patch: str | None = None  # lora-*: start from this patch's weights (keep training one patch)
+    # Data mixing (the paper's expensive baseline practice): general examples make up this share of the training set
+    # (0 = safety data only). General data: benign prompts of these registered sets' train splits, answered by the
+    # base model itself (self-distillation; no instruction corpus ships offline), and/or user JSONL files as given.
+    mix_general: float = 0.0
+    general_data: list[str] = field(default_factory=lambda: ["chatterbot_prompts"])
+    general_max_new_tokens: int = 64
 
 
 @dataclass

@@ -36,7 +36,7 @@ def library_versions() -> dict[str, str]:
 
 def artifact_hashes(directory: Path) -> dict[str, str]:
     """sha256 of the files a run produced (adapter or model weights, configs, tokenizer), not its logs."""
-    skip = {MANIFEST, "train_log.jsonl", "dpo_rejected.jsonl"}  # logs and DPO's cached base answers
+    skip = {MANIFEST, "train_log.jsonl", "dpo_rejected.jsonl", "general_answers.jsonl"}  # logs, base answers
     return {p.name: sha256_file(p) for p in sorted(directory.iterdir()) if p.is_file() and p.name not in skip}
 
 

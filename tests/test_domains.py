@@ -11,7 +11,7 @@ from orthopatch.recipes.domains import DOMAIN_TEST, DOMAINS, DomainsConfig, held
 
 def test_domain_patches_never_train_on_their_held_out_questions():
     cfg = DomainsConfig()
-    for domain, test_set in DOMAIN_TEST.items():
+    for domain in DOMAIN_TEST:
         records, _ = training_records(DOMAINS[domain], seed=0)
         trained = {normalise(r.prompt) for r in records}
         evaluated = {normalise(r.prompt) for r in held_out(domain, cfg)}

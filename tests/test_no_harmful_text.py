@@ -21,7 +21,8 @@ def test_repository_holds_no_harmful_prompt_text():
     harmful = {normalise(r.prompt) for name, spec in REGISTRY.items() if spec.harmful and spec.kind == "prompts"
                for r in load_dataset(name).records}
     harmful = {p for p in harmful if len(p) >= 24}  # long enough to be that prompt, not a common phrase
-    assert len(harmful) > 2000
+    n_harmful = len(harmful)  # (an int: a failure message must not show the set)
+    assert n_harmful > 2000
     hits = 0
     for path in repository_files():
         if not path.is_file():

@@ -86,6 +86,13 @@ class TrainConfig:
     # Data mixing (the paper's expensive baseline practice): general examples make up this share of the training set
     # (0 = safety data only). General data: benign prompts of these registered sets' train splits, answered by the
     # base model itself (self-distillation; no instruction corpus ships offline), and/or user JSONL files as given.
+    # Safety data augmentation: this share of the refusal examples wrapped in PyRIT train-split jailbreak templates.
+    augment_templates: float = 0.0
+    # Orthogonality by construction (LoRA only): a penalty on the energy of ΔW inside W0's top-k singular subspaces
+    # (both sides), and/or keeping A's rows in the complement of W0's top-k right singular subspace (exact).
+    ortho_weight: float = 0.0
+    ortho_k: int = 32
+    ortho_project: bool = False
     mix_general: float = 0.0
     general_data: list[str] = field(default_factory=lambda: ["chatterbot_prompts"])
     general_max_new_tokens: int = 64

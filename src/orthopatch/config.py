@@ -136,6 +136,8 @@ class EvalConfig:
     gsm8k_max_new_tokens: int = 160
     attack_max_tokens: int | None = None  # prompt-token budget; None = the model's context - max_new_tokens
     batch_size: int = 16
+    # "hf" (transformers, batched) or "vllm" (judged generations through vLLM, for large models on GPUs).
+    engine: str = field(default="hf", metadata={"choices": lambda: ("hf", "vllm")})
     judge: str = field(default="strmatch-refusal", metadata={"check": _check_judge})
     extra_judges: list[str] = field(default_factory=list, metadata={"check_each": _check_judge})
     # lm-evaluation-harness tasks run on the (patched) model; lm_eval_include adds a directory of task YAMLs.

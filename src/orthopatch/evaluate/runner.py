@@ -20,7 +20,8 @@ from orthopatch.data.registry import load_dataset, records_hash
 from orthopatch.data.schema import Record
 from orthopatch.data.splits import get_split
 from orthopatch.errors import UserError
-from orthopatch.evaluate.generation import chat_prompt_ids, generate
+from orthopatch.evaluate.generation import chat_prompt_ids
+from orthopatch.evaluate.generation import generate as hf_generate
 from orthopatch.evaluate.judges import Judge, get_judge
 from orthopatch.evaluate.metrics import (
     answer_matches,
@@ -222,13 +223,21 @@ def _prompt_lookup(sets: list[PromptSet]) -> dict[tuple[str, str], str]:
     return {(s.name, r.id): r.prompt for s in sets for r in s.records}
 
 
-def evaluate(model, tokenizer, cfg: EvalConfig, *, progress: bool = True) -> tuple[dict[str, Any], list[dict]]:
-    """Run every configured metric on ``model`` (a plain model or a PeftModel); return results and samples."""
+def evaluate(model, tokenizer, cfg: EvalConfig, *, progress: bool = True, engine=None) -> tuple[dict[str, Any],
+                                                                                                list[dict]]:
+    """Run every configured metric on ``model`` (a plain model or a PeftModel); return results and samples.
+    ``engine`` (e.g. a :class:`~orthopatch.evaluate.vllm_engine.VLLMEngine`) takes over the judged generations."""
     judge = get_judge(cfg.judge)
     extra = [get_judge(name) for name in cfg.extra_judges if name != cfg.judge]
     samples: list[dict[str, Any]] = []
     data: dict[str, Any] = {}
     gen = {"max_new_tokens": cfg.max_new_tokens, "batch_size": cfg.batch_size, "progress": progress}
+
+    def generate(model, tokenizer, prompts, *, max_new_tokens, desc, **kwargs):
+        if engine is not None:
+            return engine.generate(prompts, max_new_tokens)
+        return hf_generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, desc=desc, **kwargs)
+
     sets = prompt_sets(cfg)
     budget = _context_budget(model, cfg)
     for prompt_set in sets:
@@ -242,8 +251,8 @@ def evaluate(model, tokenizer, cfg: EvalConfig, *, progress: bool = True) -> tup
 
     if cfg.drift and hasattr(model, "peft_config"):
         benign_rows = [s for s in samples if s["group"] == "benign"]
-        with model.disable_adapter():
-            base = generate(model, tokenizer, [s["prompt"] for s in benign_rows], desc="drift (base)", **gen)
+        with model.disable_adapter():  # the base's answers come from transformers, whatever the engine
+            base = hf_generate(model, tokenizer, [s["prompt"] for s in benign_rows], desc="drift (base)", **gen)
         for row, text in zip(benign_rows, base, strict=True):
             row["base_response"] = text
         metrics["response_drift"] = response_drift([s["response"] for s in benign_rows], base)
@@ -330,7 +339,13 @@ def run_eval(cfg: EvalConfig, *, overwrite: bool = False, progress: bool = True,
     prompt_sets(cfg)  # likewise for datasets, attack families and goal files
     start = time.perf_counter()
     model, tokenizer, info, patch_info = load_for_eval(cfg, model_and_tokenizer)
-    results, samples = evaluate(model, tokenizer, cfg, progress=progress)
+    engine = None
+    if cfg.engine == "vllm":
+        from orthopatch.evaluate.vllm_engine import VLLMEngine
+
+        engine = VLLMEngine(info.path, tokenizer, cfg.patch, cfg.patch_scale)
+    results, samples = evaluate(model, tokenizer, cfg, progress=progress, engine=engine)
+    results["decoding"]["engine"] = cfg.engine
     if patch_info is not None and model_and_tokenizer is not None:
         model.unload()  # leave the caller's base model as it was given
     record = {"format": FORMAT, "model": info.to_dict(), "patch": patch_info, **results,

@@ -46,6 +46,11 @@ def test_every_mode_runs_its_rounds(tiny_model, tmp_path, compliant_model):
         assert manifest["method"] == ("full-dpo" if mode == "full-dpo" else "lora-sft")
         if mode in ("stack", "merge"):
             assert "round-1 vs round-2" in second["overlap_with_earlier"]
+    seeds = [json.loads((out / "stack" / f"round-{k}" / "patch" / "orthopatch.json").read_text())["seed"]
+             for k in (1, 2)]
+    assert seeds[0] != seeds[1]  # one seed for all rounds would start every patch from the same LoRA A
+    assert set(record["modes"]["stack"][2]["overlap_with_earlier"]["round-1 vs round-2"]) == {
+        "mso_input", "mso_output", "random_mso_input", "random_mso_output"}
     cont = json.loads((out / "continue" / "round-2" / "patch" / "orthopatch.json").read_text())
     assert cont["config"]["init_patch"].endswith("continue/round-1/patch")
 

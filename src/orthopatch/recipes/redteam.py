@@ -117,7 +117,7 @@ def _attack(model, tokenizer, cfg: RedteamConfig, families: list[str], k: int) -
 
 
 def _train(mode: str, cfg: RedteamConfig, complied: list, model, tokenizer, base_info, out: Path,
-           previous: Path | None) -> Path:
+           previous: Path | None, round_index: int) -> Path:
     from orthopatch.train.sft import train_patch
 
     records = with_refusals([r for r, _ in complied], cfg.seed)
@@ -125,7 +125,10 @@ def _train(mode: str, cfg: RedteamConfig, complied: list, model, tokenizer, base
                   "n_examples": len(records), "records_sha256": records_hash(records), "split_seed": 0}
     method = "full-dpo" if mode == "full-dpo" else "lora-sft"
     train_cfg = TrainConfig(model=cfg.model, output=str(out), method=method, data=["redteam"], lora=cfg.lora,
-                            lr=cfg.dpo_lr if method == "full-dpo" else cfg.lr, epochs=cfg.epochs, seed=cfg.seed,
+                            # a new seed per round: with one seed every round's LoRA A starts from the same random
+                            # matrix, and the patches' input subspaces coincide by construction (seen: MSO 0.998)
+                            lr=cfg.dpo_lr if method == "full-dpo" else cfg.lr, epochs=cfg.epochs,
+                            seed=cfg.seed + 1000 * round_index,
                             max_length=PROMPT_TOKENS + 128,
                             device="cpu", checkpoint_every=0, dpo_rejected_tokens=cfg.max_new_tokens,
                             init_patch=str(previous) if mode == "continue" and previous else None)
@@ -161,7 +164,7 @@ def run_mode(mode: str, cfg: RedteamConfig, loaded: tuple, root: Path, base_row:
             train_on = current if mode in ("merge", "full-dpo") else (_merged(base, patches) if mode == "stack"
                                                                        else base)
             trained = _train(mode, cfg, complied, train_on, tokenizer, info, out / "patch",
-                             patches[-1] if patches else None)
+                             patches[-1] if patches else None, k)
         if trained is not None and mode == "full-dpo":
             current = load_model(str(trained), device="cpu")[0]
         elif trained is not None and mode == "merge":
@@ -181,8 +184,8 @@ def run_mode(mode: str, cfg: RedteamConfig, loaded: tuple, root: Path, base_row:
             if earlier:
                 overlap = diff_patches([*earlier, str(trained)], model=cfg.model,
                                        labels=[f"round-{j}" for j in range(1, len(earlier) + 1)] + [f"round-{k}"])
-                row["overlap_with_earlier"] = {pair: {"mso_input": v["mso_input"],
-                                                      "random_mso_input": v["random_mso_input"]}
+                row["overlap_with_earlier"] = {pair: {key: v[key] for key in ("mso_input", "mso_output",
+                                                                              "random_mso_input", "random_mso_output")}
                                                for pair, v in overlap.items() if pair.endswith(f"round-{k}")}
         if trained is not None:
             cost = json.loads((trained / "orthopatch.json").read_text(encoding="utf-8"))["cost"]

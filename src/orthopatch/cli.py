@@ -1,4 +1,5 @@
-"""The ``orthopatch`` command line: train, eval, rejudge, judges, analyze, select-scale, demo, datasets."""
+"""The ``orthopatch`` command line: train, eval, rejudge, judges, analyze, select-scale, patch, sweep, redteam,
+compare-domains, reproduce, demo, datasets."""
 
 from __future__ import annotations
 
@@ -40,8 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="orthopatch", description="LoRA safety patches for Hugging Face causal LMs")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    train = sub.add_parser("train", help="train a LoRA safety patch (refusal-SFT)",
-                           description="Train a LoRA patch; writes a PEFT adapter directory plus orthopatch.json.")
+    train = sub.add_parser("train", help="train a safety patch (LoRA refusal-SFT) or a baseline (full SFT, DPO)",
+                           description="Train a LoRA patch (a PEFT adapter directory) or, with --method full-*, a "
+                                       "full model directory; either way with orthopatch.json (provenance, cost).")
     _common(train)
     train.add_argument("--data", nargs="+", help="registered dataset names or user JSONL files")
     train.add_argument("--method", help="lora-sft (default), full-sft, lora-dpo, full-dpo")

@@ -262,9 +262,27 @@ def local_share(indices: list[int], accelerator) -> list[int]:
     return indices[rank * len(indices) // world:(rank + 1) * len(indices) // world]
 
 
+def reset_peak_memory(device: str) -> None:
+    """Start a fresh high-water mark, so that a run's peak is its own and not that of an earlier run in the same
+    process (a sweep, the demo). On Linux, writing 5 to /proc/self/clear_refs resets VmHWM."""
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+        return
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass  # elsewhere the process-wide peak (ru_maxrss) is reported; it can include earlier work
+
+
 def peak_memory_mb(device: str) -> float:
     if device.startswith("cuda"):
         return torch.cuda.max_memory_allocated() / 2**20
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
@@ -396,6 +414,7 @@ def train_patch(cfg: TrainConfig, *, overwrite: bool = False, progress: bool = T
     fault = os.environ.get("ORTHOPATCH_FAULT_AFTER_STEPS", "0").split(":")
     fault_after, fault_signal = int(fault[0]), getattr(signal, fault[1] if len(fault) > 1 else "SIGKILL")
     peft_model.train()
+    reset_peak_memory(str(model.device))
     start = time.perf_counter()
     total_batches = cfg.epochs * batches_per_epoch
     bar = tqdm(total=total_batches, initial=done, desc="train", disable=not progress,

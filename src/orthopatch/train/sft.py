@@ -12,6 +12,7 @@ of the assistant tokens, with the frozen base as the reference model.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -268,10 +269,9 @@ def reset_peak_memory(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
         return
-    try:
+    # elsewhere the process-wide peak (ru_maxrss) is reported; it can include earlier work
+    with contextlib.suppress(OSError):
         Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass  # elsewhere the process-wide peak (ru_maxrss) is reported; it can include earlier work
 
 
 def peak_memory_mb(device: str) -> float:

@@ -33,7 +33,10 @@ def run_demo(output: str = "runs/demo", *, model: str | None = None, overwrite: 
     loaded = load_model(model)
     echo(f"base model: {loaded[2].spec} (fingerprint {loaded[2].fingerprint[:12]})")
 
-    eval_cfg = EvalConfig(model=model, **(eval_overrides or {}))
+    # The demo's evaluation keeps the short-prompt attack families (the long PyRIT and DAN templates take most of a
+    # full `orthopatch eval` on a CPU) and a smaller GSM8K slice, so that the whole demo stays near a quarter hour.
+    eval_cfg = EvalConfig(model=model, **{"attacks": ["prefix_injection", "refusal_suppression", "gcg", "past_tense"],
+                                          "n_gsm8k": 8, "gsm8k_max_new_tokens": 96, **(eval_overrides or {})})
     # The naive recipe of PROBES.md (r=8 all-linear, lr 2e-4, 2 epochs, batch 8) on 160 AdvBench training goals:
     # about five minutes of training on two CPU cores, so the whole demo stays well under fifteen.
     train_cfg = TrainConfig(model=model, output=str(root / "patch"),

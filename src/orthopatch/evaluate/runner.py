@@ -256,24 +256,23 @@ def evaluate(model, tokenizer, cfg: EvalConfig, *, progress: bool = True, engine
         for row, text in zip(benign_rows, base, strict=True):
             row["base_response"] = text
         metrics["response_drift"] = response_drift([s["response"] for s in benign_rows], base)
+    def answered(name: str, limit: int | None, max_new_tokens: int, group: str, match) -> dict:
+        """Generate answers to a QA set, score each with ``match(response, reference)``, keep the samples."""
+        _, records, data[name] = _records(name, cfg.split, cfg.split_seed, limit, ("qa",))
+        responses = generate(model, tokenizer, [r.prompt for r in records], desc=name,
+                             **{**gen, "max_new_tokens": max_new_tokens})
+        correct = [match(text, r.reference) for r, text in zip(records, responses, strict=True)]
+        samples.extend({"set": name, "group": group, "id": r.id, "prompt": r.prompt, "response": text,
+                        "reference": r.reference, "correct": ok}
+                       for r, text, ok in zip(records, responses, correct, strict=True))
+        return rate(correct)
+
     if cfg.trivia:
-        _, records, data[cfg.trivia] = _records(cfg.trivia, cfg.split, cfg.split_seed, cfg.n_trivia, ("qa",))
-        responses = generate(model, tokenizer, [r.prompt for r in records], desc=cfg.trivia,
-                             **{**gen, "max_new_tokens": cfg.trivia_max_new_tokens})
-        correct = [answer_matches(text, r.reference) for r, text in zip(records, responses, strict=True)]
-        samples += [{"set": cfg.trivia, "group": "qa", "id": r.id, "prompt": r.prompt, "response": text,
-                     "reference": r.reference, "correct": ok}
-                    for r, text, ok in zip(records, responses, correct, strict=True)]
-        metrics["trivia_accuracy"] = rate(correct)
+        metrics["trivia_accuracy"] = answered(cfg.trivia, cfg.n_trivia, cfg.trivia_max_new_tokens, "qa",
+                                              answer_matches)
     if cfg.gsm8k:
-        _, records, data[cfg.gsm8k] = _records(cfg.gsm8k, cfg.split, cfg.split_seed, cfg.n_gsm8k, ("qa",))
-        responses = generate(model, tokenizer, [r.prompt for r in records], desc=cfg.gsm8k,
-                             **{**gen, "max_new_tokens": cfg.gsm8k_max_new_tokens})
-        correct = [numeric_answer_matches(text, r.reference) for r, text in zip(records, responses, strict=True)]
-        samples += [{"set": cfg.gsm8k, "group": "math", "id": r.id, "prompt": r.prompt, "response": text,
-                     "reference": r.reference, "correct": ok}
-                    for r, text, ok in zip(records, responses, correct, strict=True)]
-        metrics["gsm8k_accuracy"] = rate(correct)
+        metrics["gsm8k_accuracy"] = answered(cfg.gsm8k, cfg.n_gsm8k, cfg.gsm8k_max_new_tokens, "math",
+                                             numeric_answer_matches)
     if cfg.fact_pairs:
         _, records, data[cfg.fact_pairs] = _records(cfg.fact_pairs, cfg.split, cfg.split_seed, cfg.n_fact_pairs,
                                                     ("fact_pairs",))

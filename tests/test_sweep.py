@@ -2,6 +2,7 @@
 finished cells, and the summary, cost-to-target and figures are written."""
 
 import json
+import shutil
 
 import pytest
 
@@ -68,6 +69,10 @@ def test_sweep_runs_resumes_and_summarises(tiny_model, refusal_jsonl, tmp_path, 
     assert trained == []  # a finished sweep recomputes nothing
     with pytest.raises(UserError, match="another config"):
         run_sweep(SweepConfig(**{**vars(cfg), "max_examples": 4}), echo=lambda *_: None)
+    moved = tmp_path / "moved"
+    shutil.copytree(out, moved)
+    run_sweep(SweepConfig(**{**vars(cfg), "output": str(moved)}), echo=lambda *_: None)
+    assert trained == []  # a copied sweep directory resumes where it is (reproduce reuses a standalone sweep)
 
 
 def test_sweep_command(tiny_model, refusal_jsonl, tmp_path, capsys):

@@ -59,8 +59,11 @@ def step_configs(cfg: ReproduceConfig, root: Path):
     sweep = _sub(SweepConfig, {"model": cfg.model, "output": str(root / "sweep"), "preset": "paper-small",
                                **({"max_examples": 364, "n_harmful": 200, "n_attack": 50, "n_benign": 80,
                                    "n_trivia": 78, "n_perplexity": 400} if bigger else {})}, cfg.sweep)
+    # The small preset leaves out the merge mode: merging reproduces stacking to float precision (tests/test_redteam,
+    # test_patch_ops), so on a CPU it would spend a third of the step re-measuring the same numbers.
     redteam = _sub(RedteamConfig, {"model": cfg.model, "output": str(root / "redteam"),
-                                   **({"rounds": 5, "n_goals": 64, "n_eval_goals": 50} if bigger else {})},
+                                   **({"rounds": 5, "n_goals": 64, "n_eval_goals": 50} if bigger
+                                      else {"modes": ["stack", "full-dpo"]})},
                    cfg.redteam)
     domains = _sub(DomainsConfig, {"model": cfg.model, "output": str(root / "domains"),
                                    **({"max_examples": 128} if bigger else {})}, cfg.domains)

@@ -171,6 +171,10 @@ def cost_to_target(rows: list[dict[str, Any]], base: dict[str, Any], cfg: SweepC
     }
 
 
+def _identity(config: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in config.items() if k != "output"}
+
+
 def run_sweep(cfg: SweepConfig, *, echo=print) -> dict[str, Any]:
     """Run every cell not yet finished, then write the summary table and figures (always rewritten)."""
     from orthopatch.evaluate.runner import evaluate
@@ -181,7 +185,9 @@ def run_sweep(cfg: SweepConfig, *, echo=print) -> dict[str, Any]:
     root = Path(cfg.output)
     root.mkdir(parents=True, exist_ok=True)
     saved = root / "sweep_config.json"
-    if saved.is_file() and json.loads(saved.read_text(encoding="utf-8")) != dataclasses.asdict(cfg):
+    # The output path is not part of a sweep's identity: a moved or copied sweep directory resumes as it is.
+    if saved.is_file() and _identity(json.loads(saved.read_text(encoding="utf-8"))) != _identity(
+            dataclasses.asdict(cfg)):
         raise UserError("this sweep directory holds a sweep with another config; choose another --output",
                         path=saved)
     write_json_atomic(saved, dataclasses.asdict(cfg))

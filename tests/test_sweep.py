@@ -83,3 +83,11 @@ def test_sweep_command(tiny_model, refusal_jsonl, tmp_path, capsys):
     out = capsys.readouterr().out
     assert code == 0 and "lora-sft-r2" in out and "target (" in out
     assert json.loads((tmp_path / "s" / "sweep.json").read_text())["rows"][0]["r"] == 2
+
+
+def test_sweep_identity_ignores_the_output_path_and_the_spelling_of_the_embedded_model():
+    from orthopatch.recipes.sweep import _identity
+
+    assert _identity({"model": "embedded", "output": "a", "seed": 0}) == _identity({"model": None, "output": "b",
+                                                                                   "seed": 0})
+    assert _identity({"model": "x", "output": "a", "seed": 0}) != _identity({"model": "x", "output": "a", "seed": 1})

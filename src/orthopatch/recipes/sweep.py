@@ -172,7 +172,8 @@ def cost_to_target(rows: list[dict[str, Any]], base: dict[str, Any], cfg: SweepC
 
 
 def _identity(config: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in config.items() if k != "output"}
+    model = None if config.get("model") == "embedded" else config.get("model")  # two spellings, one model
+    return {**{k: v for k, v in config.items() if k != "output"}, "model": model}
 
 
 def run_sweep(cfg: SweepConfig, *, echo=print) -> dict[str, Any]:

@@ -78,3 +78,14 @@ def test_template_augmentation_uses_train_split_templates_only():
     assert same_ids  # seeded
     with pytest.raises(UserError, match="augment_templates"):
         augment_with_templates(records, 1.5, seed=0)
+
+
+def test_a_baked_scale_multiplies_only_the_update(tiny_model, refusal_jsonl, tmp_path):
+    full = load_file(train_patch(cfg(tiny_model, refusal_jsonl, tmp_path / "s1")) / "adapter_model.safetensors")
+    half = load_file(train_patch(cfg(tiny_model, refusal_jsonl, tmp_path / "s05", scale=0.5))
+                     / "adapter_model.safetensors")
+    for key in full:
+        expected = full[key] * (0.5 if "lora_B" in key else 1.0)  # ΔW = s·B·A: only B carries the dose
+        assert torch.allclose(half[key], expected, atol=1e-6), key
+    with pytest.raises(UserError, match="scale"):
+        train_patch(cfg(tiny_model, refusal_jsonl, tmp_path / "bad", scale=0.5, method="full-sft"))

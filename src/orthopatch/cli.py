@@ -1,5 +1,5 @@
 """The ``orthopatch`` command line: train, eval, rejudge, judges, analyze, select-scale, patch, sweep, redteam,
-compare-domains, reproduce, demo, datasets."""
+levers, compare-domains, reproduce, demo, datasets."""
 
 from __future__ import annotations
 
@@ -145,6 +145,13 @@ def build_parser() -> argparse.ArgumentParser:
                                     "evaluate each on its own held-out domain and on the general and safety metrics, "
                                     "and compare their geometry (the paper's section 5.4 / Figure 8b).")
     _common(cd)
+
+    lv = sub.add_parser("levers", help="which levers make a safety-only patch discriminate (selected on validation)",
+                        description="Train one patch per lever (target modules, layers, orthogonality, retain term, "
+                                    "template augmentation) and their best combination; choose each one's scale and "
+                                    "the preset on validation splits only, then report all on test splits. Writes "
+                                    "levers.json, levers.csv, selection.json and preset.yaml.")
+    _common(lv)
 
     rp = sub.add_parser("reproduce", help="the paper end to end on one model, with an HTML report",
                         description="Run the experiment plan (sweep, geometry, red-team rounds, domain patches, judge "
@@ -442,6 +449,17 @@ def main(argv: list[str] | None = None) -> int:
             for row in record["table"]:
                 print(row)
             print(f"domain comparison written to {cfg.output} ({record['wall_seconds']} s)")
+            return 0
+        if args.command == "levers":
+            from orthopatch.recipes.levers import LeversConfig, run_levers
+
+            cfg = _config(LeversConfig, args, {"model": args.model, "output": args.output})
+            record = run_levers(cfg, echo=print)
+            keys = ("scale", "harmful_refusal", "jailbreak_asr_mean", "over_refusal", "trivia", "perplexity")
+            for row in record["rows"]:
+                print(row["lever"], {k: row.get(k) for k in keys})
+            print(f"selected on validation: {record['selection']['chosen']} at scale {record['selection']['scale']}; "
+                  f"written to {cfg.output} ({record['wall_seconds']} s)")
             return 0
         if args.command == "redteam":
             from orthopatch.recipes.redteam import RedteamConfig, run_redteam

@@ -96,6 +96,9 @@ class TrainConfig:
     mix_general: float = 0.0
     general_data: list[str] = field(default_factory=lambda: ["chatterbot_prompts"])
     general_max_new_tokens: int = 64
+    # LoRA only: save the patch with its update multiplied by this dose (chosen on validation data, e.g. by
+    # `orthopatch select-scale` or a preset), so it applies at scale 1 everywhere, including after export or merge.
+    scale: float = 1.0
 
 
 @dataclass
@@ -241,9 +244,14 @@ def _flatten(mapping: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]
     return out
 
 
-def load_config(cls: type, path: str | Path | None = None, overrides: list[str] | None = None) -> Any:
-    """Build ``cls`` from its defaults, then the YAML file at ``path``, then ``key=value`` overrides."""
+def load_config(cls: type, path: str | Path | None = None, overrides: list[str] | None = None,
+                preset: tuple[str, dict[str, Any]] | None = None) -> Any:
+    """Build ``cls`` from its defaults, then a named ``preset`` (name, mapping), then the YAML file at ``path``, then
+    ``key=value`` overrides."""
     cfg = cls()
+    if preset is not None:
+        for key, value in _flatten(preset[1]):
+            _set(cfg, key, value, path=f"preset {preset[0]}")
     if path is not None:
         path = Path(path)
         if not path.is_file():

@@ -45,14 +45,26 @@ from orthopatch.train import checkpoint
 from orthopatch.train.tokenize import TokenizedExample, pad_batch, tokenize_chat
 
 
-def lora_config(cfg: TrainConfig):
+def linear_module_names(model) -> list[str]:
+    """The distinct leaf names of the model's linear layers, output head excluded (what PEFT's "all-linear" means)."""
+    from transformers.pytorch_utils import Conv1D
+
+    output = model.get_output_embeddings()
+    return sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                   if isinstance(module, torch.nn.Linear | Conv1D) and module is not output})
+
+
+def lora_config(cfg: TrainConfig, model=None):
     from peft import LoraConfig
 
+    targets = cfg.lora.target_modules
+    if cfg.lora.layers is not None and isinstance(targets, str) and model is not None:
+        targets = linear_module_names(model)  # PEFT takes a layer subset only with a list of module names
     return LoraConfig(
         r=cfg.lora.r,
         lora_alpha=cfg.lora.alpha,
         lora_dropout=cfg.lora.dropout,
-        target_modules=cfg.lora.target_modules,
+        target_modules=targets,
         layers_to_transform=cfg.lora.layers,
         task_type="CAUSAL_LM",
     )
@@ -318,6 +330,8 @@ def train_patch(cfg: TrainConfig, *, overwrite: bool = False, progress: bool = T
 
         records, provenance["augmented"] = augment_with_templates(records, cfg.augment_templates, cfg.seed,
                                                                   split_seed=cfg.split_seed)
+    if cfg.scale != 1.0 and not (lora and cfg.scale > 0):
+        raise UserError("scale bakes a positive dose into a LoRA patch; it needs a lora-* method", field="scale")
     if cfg.init_patch and not lora:
         raise UserError("init_patch continues a LoRA patch; it needs a lora-* method", field="init_patch")
     if cfg.mix_general and (dpo or not 0 < cfg.mix_general < 1):
@@ -373,7 +387,7 @@ def train_patch(cfg: TrainConfig, *, overwrite: bool = False, progress: bool = T
         verify_patch(cfg.init_patch, info.fingerprint)
         peft_model = PeftModel.from_pretrained(model, cfg.init_patch, is_trainable=True)
     elif lora:
-        peft_model = get_peft_model(model, lora_config(cfg))
+        peft_model = get_peft_model(model, lora_config(cfg, model))
     else:
         peft_model = copy.deepcopy(model) if model_and_tokenizer is not None else model
         peft_model.requires_grad_(True)
@@ -477,6 +491,13 @@ def train_patch(cfg: TrainConfig, *, overwrite: bool = False, progress: bool = T
     if not accelerator.is_main_process:
         accelerator.wait_for_everyone()
         return output
+    if lora and cfg.scale != 1.0:  # bake the dose in: ΔW = s·B·A is linear in B
+        from peft.tuners.lora import LoraLayer
+
+        with torch.no_grad():
+            for module in unwrapped.modules():
+                if isinstance(module, LoraLayer) and "default" in module.lora_B:
+                    module.lora_B["default"].weight.mul_(cfg.scale)
     with atomic_dir(output, overwrite=overwrite) as tmp:
         unwrapped.save_pretrained(str(tmp), safe_serialization=True)
         if not lora:  # a standalone model directory: loadable like any HF model

@@ -1,7 +1,9 @@
 """`orthopatch reproduce` end to end on a tiny model, and its HTML report opened in a real (headless) browser."""
 
 import json
+import os
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -62,11 +64,14 @@ def test_claims_without_experiments_are_not_invented():
 
 
 def test_report_renders_in_headless_chromium(reproduced, tmp_path):
+    """The tiny model's report; ORTHOPATCH_REPORT_DIR=DIR checks a real run's instead (e.g. the embedded model's
+    `orthopatch reproduce` output), with the same assertions."""
     webdriver = pytest.importorskip("selenium.webdriver")
     chromium, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
     if not chromium or not driver_path:
         pytest.skip("Debian's chromium and chromium-driver are not installed (scripts/setup.sh --dev installs them)")
-    _, out, _ = reproduced
+    given = os.environ.get("ORTHOPATCH_REPORT_DIR")
+    out = Path(given) if given else reproduced[1]
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -82,7 +87,7 @@ def test_report_renders_in_headless_chromium(reproduced, tmp_path):
         assert len(images) >= 8 and all(done and w > 0 and h > 0 for done, w, h in images), images
         errors = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
         assert errors == []
-        shot = tmp_path / "report.png"
+        shot = Path(os.environ.get("ORTHOPATCH_SCREENSHOT", tmp_path / "report.png"))
         assert driver.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
         assert "Claims" in driver.find_element("tag name", "h2").text
     finally:

@@ -228,6 +228,19 @@ def _csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> None:
     tmp.replace(path)
 
 
+def short_label(row: dict[str, Any]) -> str:
+    """E.g. "LoRA-SFT r8", "full-SFT mix .25", "base"."""
+    if row["method"] == "base":
+        return "base"
+    kind, objective = row["method"].split("-")
+    label = f"{'LoRA' if kind == 'lora' else 'full'}-{objective.upper()}"
+    if row.get("r") and kind == "lora":
+        label += f" r{row['r']}"
+    if row.get("mix"):
+        label += f" mix {row['mix']:g}"
+    return label
+
+
 def _table_and_figures(root: Path, base: dict[str, Any], rows: list[dict[str, Any]]) -> None:
     import matplotlib
 
@@ -239,9 +252,11 @@ def _table_and_figures(root: Path, base: dict[str, Any], rows: list[dict[str, An
         # Figure 1a: safety against over-refusal and against general capability.
         fig, axes = plt.subplots(1, 2, figsize=(10, 4))
         for ax, x in zip(axes, ("over_refusal", "trivia"), strict=True):
-            for row in [base, *rows]:
+            for k, row in enumerate([base, *rows]):
                 ax.scatter(row[x], row["harmful_refusal"], marker="*" if row["id"] == "base" else "o")
-                ax.annotate(row["id"], (row[x], row["harmful_refusal"]), fontsize=6)
+                # short labels, staggered vertically: several cells often share a point (e.g. 100% refusal)
+                ax.annotate(short_label(row), (row[x], row["harmful_refusal"]), xytext=(4, 5 - 8 * (k % 3)),
+                            textcoords="offset points", fontsize=6)
             ax.set_xlabel(x.replace("_", " "))
             ax.set_ylabel("held-out harmful refusal")
         fig.suptitle("safety-utility trade-off (one point per cell)")

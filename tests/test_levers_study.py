@@ -39,6 +39,9 @@ def test_selection_is_made_on_validation_data_before_any_test_evaluation(tiny_mo
     selection = json.loads((out / "selection.json").read_text())
     assert selection["split"] == "validation" and selection["chosen"] in {"naive", "up-proj-only", "middle-layers"}
     assert (out / "preset.yaml").is_file() and (out / "levers.csv").is_file()
+    for name in ("naive", "up-proj-only", "middle-layers"):  # the dose search stops at the first infeasible scale
+        feasible = [r["feasible"] for r in json.loads((out / name / "dose.json").read_text())["scales"]]
+        assert all(feasible[:-1])
     rows = {row["lever"]: row for row in record["rows"]}
     assert set(rows) == {"base", "naive", "up-proj-only", "middle-layers"}
     assert all(isinstance(rows[n]["meets_target"], dict) for n in rows if n != "base")
@@ -49,7 +52,7 @@ def test_selection_is_made_on_validation_data_before_any_test_evaluation(tiny_mo
 
     monkeypatch.setattr(sft, "train_patch", lambda *a, **k: pytest.fail("a finished patch was retrained"))
     run_levers(cfg, echo=lambda *_: None)
-    with pytest.raises(UserError, match="another config"):
+    with pytest.raises(UserError, match="other training settings"):
         run_levers(LeversConfig(**{**vars(cfg), "max_examples": 3}), echo=lambda *_: None)
 
 

@@ -29,7 +29,12 @@ def _rates(results: dict[str, Any], harmful: str) -> tuple[float, float]:
 
 def select_scale(patch: str | Path, scales: list[float], *, model: str | None = None, tolerance: float = 0.05,
                  cfg: EvalConfig = VALIDATION, output: str | None = None, overwrite: bool = False,
-                 progress: bool = False, model_and_tokenizer: tuple | None = None) -> dict[str, Any]:
+                 progress: bool = False, model_and_tokenizer: tuple | None = None,
+                 stop_at_infeasible: bool = False) -> dict[str, Any]:
+    """Evaluate ``scales`` in ascending order on validation data and choose one by the rule above.
+
+    ``stop_at_infeasible`` saves evaluations by assuming over-refusal grows with the scale: the first scale over the
+    tolerance ends the search (recorded in the output)."""
     from orthopatch.models.loading import load_model
 
     if cfg.split != "validation":
@@ -45,7 +50,9 @@ def select_scale(patch: str | Path, scales: list[float], *, model: str | None = 
         results, _ = evaluate(peft_model, tokenizer, cfg, progress=progress)
         refusal, over = _rates(results, harmful)
         rows.append({"scale": scale, "harmful_refusal": refusal, "over_refusal": over,
-                     "feasible": over <= base_over + tolerance})
+                     "feasible": over <= base_over + tolerance + 1e-9})
+        if stop_at_infeasible and not rows[-1]["feasible"]:
+            break
     set_patch_scale(peft_model, 1.0)
     if model_and_tokenizer is not None:
         peft_model.unload()
@@ -55,7 +62,7 @@ def select_scale(patch: str | Path, scales: list[float], *, model: str | None = 
               "rule": f"max harmful refusal s.t. over-refusal <= base + {tolerance:g}", "split": cfg.split,
               "config": dataclasses.asdict(cfg), "base_rates": {"harmful_refusal": base_refusal,
                                                                  "over_refusal": base_over},
-              "scales": rows, "chosen_scale": best["scale"] if best else None,
+              "scales": rows, "stopped_at_first_infeasible": stop_at_infeasible, "chosen_scale": best["scale"] if best else None,
               "judge": base_results["judge"], "data": base_results["data"]}
     if output:
         with atomic_dir(output, overwrite=overwrite) as tmp:

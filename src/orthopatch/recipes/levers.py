@@ -57,7 +57,8 @@ class LeversConfig:
     lora: LoraSettings = field(default_factory=LoraSettings)
     seed: int = 0
     # Selection (validation splits only).
-    scales: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75, 1.0])
+    # Above 1 too: a lever that confines the patch (fewer modules) can leave it too weak at its trained scale.
+    scales: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75, 1.0, 1.5, 2.0])
     tolerance: float = 0.05
     n_val_harmful: int = 32
     n_val_benign: int = 16  # per over-refusal set
@@ -104,8 +105,17 @@ def score(dose: dict[str, Any]) -> tuple:
     if dose["chosen_scale"] is not None:
         best = next(r for r in rows if r["scale"] == dose["chosen_scale"])
         return (1, best["harmful_refusal"], -best["over_refusal"])
-    closest = min(rows, key=lambda r: (r["over_refusal"], -r["harmful_refusal"]))
+    closest = _closest(rows)
     return (0, -closest["over_refusal"], closest["harmful_refusal"])
+
+
+def _closest(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    return min(rows, key=lambda r: (r["over_refusal"], -r["harmful_refusal"]))
+
+
+def report_scale(dose: dict[str, Any]) -> float:
+    """The scale a candidate is reported at: its chosen one, or the least over-refusing one if none was feasible."""
+    return dose["chosen_scale"] if dose["chosen_scale"] is not None else _closest(dose["scales"])["scale"]
 
 
 def combine(chosen: list[str], levers: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -120,6 +130,13 @@ def combine(chosen: list[str], levers: dict[str, dict[str, Any]]) -> dict[str, A
     out = {k: v for k, v in merged.items() if not k.startswith("lora.")}
     lora = {k.removeprefix("lora."): v for k, v in merged.items() if k.startswith("lora.")}
     return {**out, "lora": lora} if lora else out
+
+
+TRAINING_KEYS = ("model", "data", "max_examples", "epochs", "lr", "lora", "seed")
+
+
+def _training_identity(config: dict[str, Any]) -> dict[str, Any]:
+    return {k: config.get(k) for k in TRAINING_KEYS}
 
 
 def run_levers(cfg: LeversConfig, *, echo=print) -> dict[str, Any]:
@@ -137,9 +154,13 @@ def run_levers(cfg: LeversConfig, *, echo=print) -> dict[str, Any]:
         raise UserError(f"levers must include 'naive' and come from {', '.join(LEVERS)}", field="levers")
     root = Path(cfg.output)
     root.mkdir(parents=True, exist_ok=True)
-    saved = root / "levers_config.json"  # a rerun reuses finished patches, so only into a study of the same config
-    if saved.is_file() and json.loads(saved.read_text(encoding="utf-8")) != dataclasses.asdict(cfg):
-        raise UserError("this directory holds a lever study with another config; choose another --output", path=saved)
+    # A rerun reuses finished patches, so only into a study with the same training settings (selection and report
+    # settings may change: they are recomputed).
+    saved = root / "levers_config.json"
+    if saved.is_file() and _training_identity(json.loads(saved.read_text(encoding="utf-8"))) != _training_identity(
+            dataclasses.asdict(cfg)):
+        raise UserError("this directory holds a lever study with other training settings; choose another --output",
+                        path=saved)
     write_json_atomic(saved, dataclasses.asdict(cfg))
     start = time.perf_counter()
     loaded = load_model(cfg.model, device="cpu")
@@ -156,7 +177,7 @@ def run_levers(cfg: LeversConfig, *, echo=print) -> dict[str, Any]:
             train_patch(train_cfg, progress=False, model_and_tokenizer=loaded, overwrite=True)
         echo(f"{name}: choosing the scale on validation data")
         dose = select_scale(patch, cfg.scales, tolerance=cfg.tolerance, cfg=validation_config(cfg),
-                            model_and_tokenizer=loaded)
+                            model_and_tokenizer=loaded, stop_at_infeasible=True)
         write_json_atomic(root / name / "dose.json", dose)
         cost = json.loads((patch / "orthopatch.json").read_text(encoding="utf-8"))["cost"]
         return {"lever": name, "overrides": candidates[name], "train_config": to_dict(train_cfg), "dose": dose,
@@ -189,14 +210,14 @@ def run_levers(cfg: LeversConfig, *, echo=print) -> dict[str, Any]:
     rows.append({"lever": "base", "scale": None, **_metrics(base_results)})
     for name, entry in selected.items():
         echo(f"{name}: test evaluation")
-        scale = entry["dose"]["chosen_scale"]
+        scale = report_scale(entry["dose"])
         model, _ = apply_patch(base, root / name / "patch", info.fingerprint)
-        set_patch_scale(model, 1.0 if scale is None else scale)
+        set_patch_scale(model, scale)
         results, _ = evaluate(model, tokenizer, test_config(cfg), progress=False)
         model.unload()
         write_json_atomic(root / name / "test_results.json", results)
-        dose_row = next(r for r in entry["dose"]["scales"] if r["scale"] == (scale or max(cfg.scales)))
-        rows.append({"lever": name, "scale": scale, "feasible_on_validation": scale is not None,
+        dose_row = next(r for r in entry["dose"]["scales"] if r["scale"] == scale)
+        rows.append({"lever": name, "scale": scale, "feasible_on_validation": entry["dose"]["chosen_scale"] is not None,
                      "val_harmful_refusal": dose_row["harmful_refusal"], "val_over_refusal": dose_row["over_refusal"],
                      **_metrics(results), "train_seconds": entry["cost"]["wall_seconds"],
                      "tokens_trained": entry["cost"]["tokens_trained"],

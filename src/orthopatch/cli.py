@@ -49,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--method", help="lora-sft (default), full-sft, lora-dpo, full-dpo")
     train.add_argument("--mix", metavar="general=RATIO",
                        help="mix general data into the safety data: its share of the training set, e.g. general=0.5")
+    train.add_argument("--preset", help="a named recipe under --config and --set (see TRAIN_PRESETS in "
+                                        "orthopatch.config): small-model")
 
     ev = sub.add_parser("eval", help="evaluate a model, optionally with a patch",
                         description="Evaluate safety, over-refusal and general capability; writes results.json and "
@@ -194,14 +196,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _config(cls, args: argparse.Namespace, extra: dict[str, object]):
+def _config(cls, args: argparse.Namespace, extra: dict[str, object], preset: tuple[str, dict] | None = None):
     from orthopatch.config import load_config
 
     overrides = list(args.overrides)
     for key, value in extra.items():
         if value is not None:
             overrides.append(f"{key}={value}")
-    return load_config(cls, args.config, overrides)
+    return load_config(cls, args.config, overrides, preset=preset)
 
 
 def _flow(items: list[str]) -> str:
@@ -385,8 +387,14 @@ def main(argv: list[str] | None = None) -> int:
                 if kind != "general" or not ratio:
                     raise UserError(f"--mix takes general=RATIO, got {args.mix!r}", field="mix")
                 mix = ratio
+            from orthopatch.config import TRAIN_PRESETS
+
+            if args.preset is not None and args.preset not in TRAIN_PRESETS:
+                raise UserError(f"unknown preset {args.preset!r}; known: {', '.join(TRAIN_PRESETS)}", field="preset")
+            preset = (args.preset, TRAIN_PRESETS[args.preset]) if args.preset else None
             cfg = _config(TrainConfig, args, {"model": args.model, "output": args.output, "method": args.method,
-                                              "data": _flow(args.data) if args.data else None, "mix_general": mix})
+                                              "data": _flow(args.data) if args.data else None, "mix_general": mix},
+                          preset=preset)
             path = train_patch(cfg, overwrite=args.overwrite, progress=progress, command=command)
             from accelerate import PartialState
 

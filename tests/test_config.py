@@ -56,3 +56,22 @@ def test_invalid_yaml_and_non_mapping(tmp_path):
         load_config(TrainConfig, bad)
     with pytest.raises(UserError, match="not found"):
         load_config(TrainConfig, tmp_path / "missing.yaml")
+
+
+def test_preset_then_yaml_then_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("epochs: 3\n")
+    preset = ("p", {"lora": {"target_modules": ["up_proj"]}, "epochs": 1, "scale": 1.5})
+    cfg = load_config(TrainConfig, path, ["scale=1.25"], preset=preset)
+    assert cfg.lora.target_modules == ["up_proj"] and cfg.lora.r == 8  # nested keys merge, they do not replace
+    assert cfg.epochs == 3 and cfg.scale == 1.25  # the file and --set win over the preset
+    with pytest.raises(UserError, match="preset p"):
+        load_config(TrainConfig, preset=("p", {"bogus": 1}))
+
+
+def test_every_shipped_train_preset_is_a_valid_config():
+    from orthopatch.config import TRAIN_PRESETS
+
+    assert "small-model" in TRAIN_PRESETS
+    for name, values in TRAIN_PRESETS.items():
+        load_config(TrainConfig, preset=(name, values))

@@ -94,3 +94,13 @@ def test_a_layer_subset_with_all_linear_targets_every_linear_kind(tiny_models, a
     assert "lm_head" not in names and len(names) >= 3
     config = lora_config(TrainConfig(lora=LoraSettings(layers=[0])), model)
     assert sorted(config.target_modules) == names and config.layers_to_transform == [0]
+
+
+def test_train_preset_small_model_sets_the_selected_recipe(tiny_model, refusal_jsonl, tmp_path):
+    out = tmp_path / "p"
+    code = main(["train", "--preset", "small-model", "--model", str(tiny_model), "--data", str(refusal_jsonl),
+                 "--output", str(out), "--quiet", "--set", "epochs=1"])
+    config = json.loads((out / "orthopatch.json").read_text())["config"]
+    assert code == 0 and config["lora"]["target_modules"] == ["up_proj"] and config["scale"] == 1.5
+    assert config["epochs"] == 1  # --set still wins
+    assert main(["train", "--preset", "nope", "--output", str(tmp_path / "q")]) == 2

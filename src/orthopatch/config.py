@@ -21,7 +21,13 @@ from orthopatch.errors import UserError
 METHODS = ("lora-sft", "full-sft", "lora-dpo", "full-dpo")
 # Named training recipes (`orthopatch train --preset NAME`), applied under --config and --set. Each comes from a
 # measured study; the comment says which.
-TRAIN_PRESETS: dict[str, dict[str, Any]] = {}
+TRAIN_PRESETS: dict[str, dict[str, Any]] = {
+    # `orthopatch levers` on SmolLM2-135M-Instruct (2026-11-29), chosen on validation splits only: of the naive
+    # recipe, target modules, middle layers, both orthogonality levers, the retain term, template augmentation and
+    # their union, a patch on the MLP up-projections alone, baked in at the dose 1.5, refused the most validation
+    # requests (75%) with no validation over-refusal. The dose is this model's; rerun `select-scale` for another.
+    "small-model": {"max_examples": 64, "lora": {"target_modules": ["up_proj"]}, "scale": 1.5},
+}
 DEFAULT_ATTACKS = ("pyrit_top_level", "pyrit_in_the_wild", "garak_dan", "gcg", "prefix_injection",
                    "refusal_suppression", "past_tense")
 

@@ -24,7 +24,7 @@ import torch
 
 def hf_trainer_route(model, tokenizer, examples, cfg) -> dict:
     from peft import get_peft_model
-    from transformers import Trainer, TrainingArguments
+    from transformers import PrinterCallback, Trainer, TrainingArguments
 
     from orthopatch.train.sft import lora_config
     from orthopatch.train.tokenize import pad_batch
@@ -38,6 +38,7 @@ def hf_trainer_route(model, tokenizer, examples, cfg) -> dict:
                                  remove_unused_columns=False, disable_tqdm=True)
         trainer = Trainer(model=peft_model, args=args, train_dataset=examples,
                           data_collator=lambda batch: pad_batch(batch, tokenizer.pad_token_id))
+        trainer.remove_callback(PrinterCallback)  # it prints every log line; stdout carries the JSON result only
         start = time.perf_counter()
         result = trainer.train()
         seconds = time.perf_counter() - start

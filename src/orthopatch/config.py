@@ -25,7 +25,8 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
     # `orthopatch levers` on SmolLM2-135M-Instruct (2026-11-29), chosen on validation splits only: of the naive
     # recipe, target modules, middle layers, both orthogonality levers, the retain term, template augmentation and
     # their union, a patch on the MLP up-projections alone, baked in at the dose 1.5, refused the most validation
-    # requests (75%) with no validation over-refusal. The dose is this model's; rerun `select-scale` for another.
+    # requests (75%) with no validation over-refusal. On test splits it reached only 25% HarmBench refusal (issue 7's
+    # closing note): the best found, not a solved problem. The dose is this model's; rerun `select-scale` for another.
     "small-model": {"max_examples": 64, "lora": {"target_modules": ["up_proj"]}, "scale": 1.5},
 }
 DEFAULT_ATTACKS = ("pyrit_top_level", "pyrit_in_the_wild", "garak_dan", "gcg", "prefix_injection",

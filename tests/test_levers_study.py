@@ -50,8 +50,14 @@ def test_selection_is_made_on_validation_data_before_any_test_evaluation(tiny_mo
     # A rerun reuses every finished patch (nothing is trained again).
     import orthopatch.train.sft as sft
 
-    monkeypatch.setattr(sft, "train_patch", lambda *a, **k: pytest.fail("a finished patch was retrained"))
+    def retrain(*args, **kwargs):
+        raise RuntimeError("retrained")
+
+    monkeypatch.setattr(sft, "train_patch", retrain)
     run_levers(cfg, echo=lambda *_: None)
+    monkeypatch.setitem(LEVERS, "up-proj-only", {"lora": {"target_modules": ["down_proj"]}})
+    with pytest.raises(RuntimeError, match="retrained"):  # a redefined lever is trained again, not reused
+        run_levers(cfg, echo=lambda *_: None)
     with pytest.raises(UserError, match="other training settings"):
         run_levers(LeversConfig(**{**vars(cfg), "max_examples": 3}), echo=lambda *_: None)
 

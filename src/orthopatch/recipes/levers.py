@@ -172,8 +172,10 @@ def run_levers(cfg: LeversConfig, *, echo=print) -> dict[str, Any]:
         """Train (once: a finished patch is reused) and dose one candidate on validation data."""
         patch = root / name / "patch"
         train_cfg = train_config(cfg, candidates[name], patch, n_layers)
-        if not (patch / "orthopatch.json").is_file():
-            echo(f"{name}: training")
+        manifest = patch / "orthopatch.json"
+        wanted = json.loads(json.dumps(to_dict(train_cfg)))  # as the manifest stores it
+        if not manifest.is_file() or json.loads(manifest.read_text(encoding="utf-8"))["config"] != wanted:
+            echo(f"{name}: training")  # new, or its lever was redefined since: (re)train
             train_patch(train_cfg, progress=False, model_and_tokenizer=loaded, overwrite=True)
         echo(f"{name}: choosing the scale on validation data")
         dose = select_scale(patch, cfg.scales, tolerance=cfg.tolerance, cfg=validation_config(cfg),

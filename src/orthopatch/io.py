@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -86,3 +86,13 @@ def write_jsonl_atomic(path: str | Path, rows: list[dict[str, Any]]) -> None:
         for row in rows:
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
     os.replace(tmp, path)
+
+
+def claim_resumable_output(saved: str | Path, config: dict[str, Any], identity: Callable[[dict], Any],
+                           message: str) -> None:
+    """Record ``config`` in ``saved``, refusing (``message``) a directory that holds a run whose ``identity`` differs:
+    resumable recipes reuse what a directory holds, so only a run of the same identity may continue there."""
+    saved = Path(saved)
+    if saved.is_file() and identity(json.loads(saved.read_text(encoding="utf-8"))) != identity(config):
+        raise UserError(message, path=saved)
+    write_json_atomic(saved, config)

@@ -27,7 +27,7 @@ import yaml
 
 from orthopatch.config import EvalConfig, LoraSettings, TrainConfig, to_dict
 from orthopatch.errors import UserError
-from orthopatch.io import write_json_atomic, write_text_atomic
+from orthopatch.io import claim_resumable_output, write_json_atomic, write_text_atomic
 
 ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]
 # Each lever alone (issue 7's list); "middle" layers are resolved against the model's depth at run time.
@@ -156,12 +156,8 @@ def run_levers(cfg: LeversConfig, *, echo=print) -> dict[str, Any]:
     root.mkdir(parents=True, exist_ok=True)
     # A rerun reuses finished patches, so only into a study with the same training settings (selection and report
     # settings may change: they are recomputed).
-    saved = root / "levers_config.json"
-    if saved.is_file() and _training_identity(json.loads(saved.read_text(encoding="utf-8"))) != _training_identity(
-            dataclasses.asdict(cfg)):
-        raise UserError("this directory holds a lever study with other training settings; choose another --output",
-                        path=saved)
-    write_json_atomic(saved, dataclasses.asdict(cfg))
+    claim_resumable_output(root / "levers_config.json", dataclasses.asdict(cfg), _training_identity,
+                           "this directory holds a lever study with other training settings; choose another --output")
     start = time.perf_counter()
     loaded = load_model(cfg.model, device="cpu")
     base, tokenizer, info = loaded

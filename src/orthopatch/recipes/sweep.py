@@ -23,7 +23,7 @@ from typing import Any
 
 from orthopatch.config import EvalConfig, LoraSettings, TrainConfig
 from orthopatch.errors import UserError
-from orthopatch.io import atomic_dir, write_json_atomic
+from orthopatch.io import atomic_dir, claim_resumable_output, write_json_atomic
 
 # The embedded-model preset, sized for a 2-core CPU (about an hour): LoRA ranks 1..32 on safety data only, full SFT on
 # safety only and at two general-data shares, LoRA on mixed data (the control reviewers asked for), LoRA and full DPO.
@@ -185,13 +185,9 @@ def run_sweep(cfg: SweepConfig, *, echo=print) -> dict[str, Any]:
     grid = cells(cfg)
     root = Path(cfg.output)
     root.mkdir(parents=True, exist_ok=True)
-    saved = root / "sweep_config.json"
     # The output path is not part of a sweep's identity: a moved or copied sweep directory resumes as it is.
-    if saved.is_file() and _identity(json.loads(saved.read_text(encoding="utf-8"))) != _identity(
-            dataclasses.asdict(cfg)):
-        raise UserError("this sweep directory holds a sweep with another config; choose another --output",
-                        path=saved)
-    write_json_atomic(saved, dataclasses.asdict(cfg))
+    claim_resumable_output(root / "sweep_config.json", dataclasses.asdict(cfg), _identity,
+                           "this sweep directory holds a sweep with another config; choose another --output")
     start = time.perf_counter()
     loaded = load_model(cfg.model, device="cpu")
     base_file = root / "base.json"

@@ -19,7 +19,7 @@ import torch
 
 from orthopatch.data.registry import load_dataset
 from orthopatch.data.splits import get_split
-from orthopatch.evaluate.generation import chat_prompt_ids, generate
+from orthopatch.models.generation import chat_prompt_ids, generate
 from orthopatch.models.loading import load_model
 
 

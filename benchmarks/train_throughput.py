@@ -26,7 +26,7 @@ def hf_trainer_route(model, tokenizer, examples, cfg) -> dict:
     from peft import get_peft_model
     from transformers import PrinterCallback, Trainer, TrainingArguments
 
-    from orthopatch.train.sft import lora_config
+    from orthopatch.train.adapters import lora_config
     from orthopatch.train.tokenize import pad_batch
 
     peft_model = get_peft_model(copy.deepcopy(model), lora_config(cfg))
@@ -49,7 +49,7 @@ def hf_trainer_route(model, tokenizer, examples, cfg) -> dict:
 
 
 def orthopatch_route(model, tokenizer, info, cfg, method: str) -> dict:
-    from orthopatch.train.sft import train_patch
+    from orthopatch.train.run import train_patch
 
     with tempfile.TemporaryDirectory() as out:
         run = copy.deepcopy(cfg)
@@ -65,10 +65,10 @@ def orthopatch_route(model, tokenizer, info, cfg, method: str) -> dict:
 
 
 def main() -> None:
-    from orthopatch.config import TrainConfig
     from orthopatch.data.assemble import training_records
     from orthopatch.models.loading import load_model
-    from orthopatch.train.sft import peak_memory_mb, reset_peak_memory
+    from orthopatch.train.config import TrainConfig
+    from orthopatch.train.cost import peak_memory_mb, reset_peak_memory
     from orthopatch.train.tokenize import tokenize_chat
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

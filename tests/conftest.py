@@ -101,3 +101,13 @@ def refusal_jsonl(tmp_path) -> Path:
     path = tmp_path / "safety.jsonl"
     path.write_text("".join(json.dumps(row) + "\n" for row in SAFE_TRAIN), encoding="utf-8")
     return path
+
+
+@pytest.fixture(autouse=True)
+def _fresh_fault_counters():
+    """Fault points count arrivals per process; every test starts from zero."""
+    from orthopatch import faults
+
+    faults.reset()
+    yield
+    faults.reset()

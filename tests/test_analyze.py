@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from orthopatch.analysis.deltas import WeightReader, full_deltas, lora_deltas
-from orthopatch.analysis.run import AnalyzeConfig, analyze
 from orthopatch.cli import main
-from orthopatch.config import LoraSettings, TrainConfig
 from orthopatch.models.loading import load_model
-from orthopatch.train.sft import train_patch
+from orthopatch.recipes.analyze import AnalyzeConfig, analyze
+from orthopatch.train.config import LoraSettings, TrainConfig
+from orthopatch.train.run import train_patch
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,9 @@
 import pytest
 
-from orthopatch.config import EvalConfig, TrainConfig, load_config
+from orthopatch.config import load_config
 from orthopatch.errors import UserError
+from orthopatch.evaluate.config import EvalConfig
+from orthopatch.train.config import TrainConfig
 
 
 def test_defaults_match_the_documented_recipe():
@@ -70,7 +72,7 @@ def test_preset_then_yaml_then_overrides(tmp_path):
 
 
 def test_every_shipped_train_preset_is_a_valid_config():
-    from orthopatch.config import TRAIN_PRESETS
+    from orthopatch.train.config import TRAIN_PRESETS
 
     assert "small-model" in TRAIN_PRESETS
     for name, values in TRAIN_PRESETS.items():

@@ -77,8 +77,8 @@ def test_vllm_and_transformers_give_the_same_greedy_answers(tiny_model):
 
     if importlib.util.find_spec("vllm") is None:
         pytest.skip("vLLM is not installed (it needs a supported GPU); evaluation uses the transformers engine")
-    from orthopatch.evaluate.generation import generate
     from orthopatch.evaluate.vllm_engine import VLLMEngine
+    from orthopatch.models.generation import generate
     from orthopatch.models.loading import load_model
 
     model, tokenizer, info = load_model(str(tiny_model))

@@ -3,10 +3,10 @@ held-out questions it is evaluated on."""
 
 import json
 
-from orthopatch.config import LoraSettings
 from orthopatch.data.assemble import training_records
 from orthopatch.data.registry import normalise
 from orthopatch.recipes.domains import DOMAIN_TEST, DOMAINS, DomainsConfig, held_out, run_domains
+from orthopatch.train.config import LoraSettings
 
 
 def test_domain_patches_never_train_on_their_held_out_questions():

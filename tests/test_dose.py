@@ -4,10 +4,10 @@ import json
 
 import pytest
 
-from orthopatch.config import LoraSettings, TrainConfig
 from orthopatch.data import splits
-from orthopatch.patches.dose import VALIDATION, select_scale
-from orthopatch.train.sft import train_patch
+from orthopatch.recipes.dose import VALIDATION, select_scale
+from orthopatch.train.config import LoraSettings, TrainConfig
+from orthopatch.train.run import train_patch
 
 
 def test_selection_never_reads_test_data(tiny_model, refusal_jsonl, tmp_path, monkeypatch):
@@ -20,7 +20,7 @@ def test_selection_never_reads_test_data(tiny_model, refusal_jsonl, tmp_path, mo
         requested.append((dataset.name, split))
         return original(dataset, split, *args, **kwargs)
 
-    monkeypatch.setattr("orthopatch.evaluate.runner.get_split", spy)
+    monkeypatch.setattr(splits, "get_split", spy)  # every evaluation set goes through named_split -> get_split
     cfg = VALIDATION.__class__(**{**VALIDATION.__dict__, "n_harmful": 3, "n_benign": 2, "max_new_tokens": 3,
                                   "device": "cpu"})
     record = select_scale(patch, [0.5, 1.0], model=str(tiny_model), cfg=cfg, output=str(tmp_path / "dose"))

@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from orthopatch.cli import main
-from orthopatch.config import EvalConfig, LoraSettings, TrainConfig
 from orthopatch.data.registry import load_dataset
 from orthopatch.data.schema import Record
 from orthopatch.data.splits import get_split
 from orthopatch.errors import UserError
 from orthopatch.evaluate.attacks import ATTACKS, get_family, load_family_file
+from orthopatch.evaluate.config import EvalConfig
 from orthopatch.evaluate.judge_validation import agreement, validate_judges
 from orthopatch.evaluate.judges import STRING_JUDGES, check_judge_name, get_judge
 from orthopatch.evaluate.metrics import fact_pair_accuracy, numeric_answer_matches, response_drift
@@ -23,7 +23,8 @@ from orthopatch.evaluate.rejudge import rejudge
 from orthopatch.evaluate.runner import RESULTS, SAMPLES, run_eval
 from orthopatch.io import sha256_text
 from orthopatch.models.loading import load_model
-from orthopatch.train.sft import train_patch
+from orthopatch.train.config import LoraSettings, TrainConfig
+from orthopatch.train.run import train_patch
 
 # Every judged set small; general metrics that need generation off unless a test turns them on.
 TINY = dict(n_harmful=3, n_attack=2, n_sensitive=2, n_benign=2, n_trivia=2, n_gsm8k=2, n_fact_pairs=3,

@@ -6,15 +6,16 @@ import math
 import pytest
 import torch
 
-from orthopatch.config import EvalConfig, LoraSettings, TrainConfig
 from orthopatch.data.registry import load_dataset
 from orthopatch.errors import UserError
-from orthopatch.evaluate.generation import generate
+from orthopatch.evaluate.config import EvalConfig
 from orthopatch.evaluate.judges import STRING_JUDGES, get_judge
 from orthopatch.evaluate.metrics import answer_matches, perplexity, wilson_interval
 from orthopatch.evaluate.runner import RESULTS, SAMPLES, run_eval
+from orthopatch.models.generation import generate
 from orthopatch.models.loading import load_model
-from orthopatch.train.sft import train_patch
+from orthopatch.train.config import LoraSettings, TrainConfig
+from orthopatch.train.run import train_patch
 
 SMALL = dict(n_harmful=4, n_benign=3, n_trivia=3, n_perplexity=3, n_kl=2, max_new_tokens=4,
              trivia_max_new_tokens=4, batch_size=4, device="cpu", attacks=[], sensitive=[], gsm8k=None,

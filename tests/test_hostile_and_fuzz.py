@@ -6,10 +6,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from orthopatch.config import TrainConfig, load_config
+from orthopatch.config import load_config
 from orthopatch.data.schema import Record, load_user_jsonl
 from orthopatch.errors import UserError
 from orthopatch.evaluate.attacks import drop_too_long, render_template, wrap
+from orthopatch.train.config import TrainConfig
 
 # derandomize: the same examples on every run, so CI is reproducible (a new seed is a deliberate change).
 FUZZ = settings(max_examples=150, deadline=None, derandomize=True,

@@ -9,11 +9,12 @@ import json
 import pytest
 import torch
 
-from orthopatch.config import EvalConfig, TrainConfig
+from orthopatch.evaluate.config import EvalConfig
 from orthopatch.evaluate.runner import run_eval
 from orthopatch.models.loading import load_model
 from orthopatch.patches.manifest import MANIFEST, apply_patch
-from orthopatch.train.sft import train_patch
+from orthopatch.train.config import TrainConfig
+from orthopatch.train.run import train_patch
 
 pytestmark = pytest.mark.integration
 

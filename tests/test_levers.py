@@ -5,12 +5,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from orthopatch.config import LoraSettings, TrainConfig
+from orthopatch.config import make
 from orthopatch.data.assemble import augment_with_templates, training_records
 from orthopatch.data.registry import load_dataset
 from orthopatch.data.splits import get_split
 from orthopatch.errors import UserError
-from orthopatch.train.sft import train_patch
+from orthopatch.train.config import LoraSettings, TrainConfig
+from orthopatch.train.run import train_patch
 
 
 def top_right(weight: torch.Tensor, k: int) -> torch.Tensor:
@@ -32,9 +33,10 @@ def input_energy(patch, model_dir, k: int) -> float:
 
 
 def cfg(model_dir, data, out, **kw):
-    return TrainConfig(model=str(model_dir), data=[str(data)], output=str(out), epochs=2, batch_size=4, lr=1e-2,
-                       device="cpu", lora=LoraSettings(r=4, alpha=8, dropout=0.0,
-                                                       target_modules=["q_proj", "v_proj", "up_proj"]), **kw)
+    # old flat spellings (ortho_k, ortho_weight, ...) are still read, like a YAML file of an earlier version
+    return make(TrainConfig, model=str(model_dir), data=[str(data)], output=str(out), epochs=2, batch_size=4,
+                lr=1e-2, device="cpu", lora=LoraSettings(r=4, alpha=8, dropout=0.0,
+                                                        target_modules=["q_proj", "v_proj", "up_proj"]), **kw)
 
 
 def test_projection_keeps_the_update_out_of_w0s_top_k_input_subspace(tiny_model, refusal_jsonl, tmp_path):

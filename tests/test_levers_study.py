@@ -24,10 +24,11 @@ def test_selection_is_made_on_validation_data_before_any_test_evaluation(tiny_mo
         calls.append((cfg.split, (out / "selection.json").is_file()))
         return real(model, tokenizer, cfg, **kwargs)
 
-    monkeypatch.setattr(runner, "evaluate", spy)
-    import orthopatch.patches.dose as dose
+    import orthopatch.recipes.dose as dose
+    import orthopatch.recipes.levers as levers
 
-    monkeypatch.setattr(dose, "evaluate", spy)
+    for module in (runner, dose, levers):  # every module that evaluates, as imported there
+        monkeypatch.setattr(module, "evaluate", spy)
     cfg = LeversConfig(model=str(tiny_model), output=str(out), data=[str(refusal_jsonl)],
                        levers=["naive", "up-proj-only", "middle-layers"], **TINY)
     record = run_levers(cfg, echo=lambda *_: None)
@@ -48,12 +49,12 @@ def test_selection_is_made_on_validation_data_before_any_test_evaluation(tiny_mo
     assert rows["up-proj-only"]["trainable_parameters"] < rows["naive"]["trainable_parameters"]
     assert rows["middle-layers"]["trainable_parameters"] < rows["naive"]["trainable_parameters"]
     # A rerun reuses every finished patch (nothing is trained again).
-    import orthopatch.train.sft as sft
+    import orthopatch.recipes.levers as levers
 
     def retrain(*args, **kwargs):
         raise RuntimeError("retrained")
 
-    monkeypatch.setattr(sft, "train_patch", retrain)
+    monkeypatch.setattr(levers, "train_patch", retrain)
     run_levers(cfg, echo=lambda *_: None)
     monkeypatch.setitem(LEVERS, "up-proj-only", {"lora": {"target_modules": ["down_proj"]}})
     with pytest.raises(RuntimeError, match="retrained"):  # a redefined lever is trained again, not reused
@@ -64,8 +65,8 @@ def test_selection_is_made_on_validation_data_before_any_test_evaluation(tiny_mo
 
 def test_combine_keeps_the_best_lever_when_two_set_the_same_key():
     merged = combine(["up-proj-only", "attention-only", "retain-kl", "ortho-project", "ortho-penalty"], LEVERS)
-    assert merged["lora"] == {"target_modules": ["up_proj"]}
-    assert merged["retain_weight"] == 10.0 and merged["ortho_project"] is True and "ortho_weight" not in merged
+    assert merged["lora.target_modules"] == ["up_proj"]
+    assert merged["retain.weight"] == 10.0 and merged["ortho.project"] is True and "ortho.weight" not in merged
     assert combine(["naive"], LEVERS) == {}
 
 
@@ -92,8 +93,8 @@ def test_levers_command_rejects_an_unknown_lever(tmp_path, capsys):
 def test_a_layer_subset_with_all_linear_targets_every_linear_kind(tiny_models, arch):
     from transformers import AutoModelForCausalLM
 
-    from orthopatch.config import LoraSettings, TrainConfig
-    from orthopatch.train.sft import linear_module_names, lora_config
+    from orthopatch.train.adapters import linear_module_names, lora_config
+    from orthopatch.train.config import LoraSettings, TrainConfig
 
     model = AutoModelForCausalLM.from_pretrained(str(tiny_models[arch]), use_safetensors=True)
     names = linear_module_names(model)

@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from orthopatch.cli import main
-from orthopatch.config import LoraSettings, TrainConfig
 from orthopatch.errors import UserError
 from orthopatch.models.loading import load_model
 from orthopatch.patches.manifest import MANIFEST, apply_patch, read_manifest
@@ -20,7 +19,8 @@ from orthopatch.patches.stack import (
     parse_patch_spec,
     stack_adapters,
 )
-from orthopatch.train.sft import train_patch
+from orthopatch.train.config import LoraSettings, TrainConfig
+from orthopatch.train.run import train_patch
 
 PROMPTS = ["Hi there", "What is the capital of France?", "Who wrote Hamlet?"]
 
@@ -189,6 +189,9 @@ def test_patch_spec_parsing():
     assert parse_patch_spec("runs/p@0.5") == ("runs/p", 0.5)
     assert parse_patch_spec("runs/me@home/p") == ("runs/me@home/p", 1.0)
     assert parse_patch_spec("p@-1") == ("p", -1.0)
+    for bad in ("p@abc", "p@nan", "p@inf"):
+        with pytest.raises(UserError, match="PATCH@SCALE"):
+            parse_patch_spec(bad)
 
 
 def test_patch_commands(tiny_model, patch_pairs, tmp_path, capsys):

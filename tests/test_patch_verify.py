@@ -5,11 +5,11 @@ import shutil
 
 import pytest
 
-from orthopatch.config import LoraSettings, TrainConfig
 from orthopatch.errors import UserError
 from orthopatch.models.loading import fingerprint, load_model
 from orthopatch.patches.manifest import MANIFEST, apply_patch, verify_patch
-from orthopatch.train.sft import train_patch
+from orthopatch.train.config import LoraSettings, TrainConfig
+from orthopatch.train.run import train_patch
 from tests.conftest import save_tiny
 
 

@@ -5,16 +5,16 @@ import json
 import pytest
 
 from orthopatch.cli import main
-from orthopatch.config import LoraSettings
 from orthopatch.errors import UserError
 from orthopatch.recipes.redteam import RedteamConfig, run_redteam
+from orthopatch.train.config import LoraSettings
 
 
 @pytest.fixture
 def compliant_model(monkeypatch):
     """A tiny random model only emits newlines; the attacks (and DPO's rejected side) get a fixed compliant-looking
     answer instead, so that every round has prompts to patch. Evaluation still generates for real."""
-    import orthopatch.evaluate.generation as generation
+    import orthopatch.models.generation as generation
     import orthopatch.recipes.redteam as redteam
 
     def fake(model, tokenizer, prompts, **kwargs):

@@ -65,7 +65,7 @@ def test_a_foreign_checkpoint_is_not_resumed(tiny_model, reference, tmp_path):
     assert run(train_cmd(tiny_model, data, out), fault="4").returncode != 0
     other = train_cmd(tiny_model, data, out) + ["--set", "lr=0.02"]
     refused = run(other)
-    assert refused.returncode == 2 and "checkpoint of a different run" in refused.stderr
+    assert refused.returncode == 2 and "belongs to a different run" in refused.stderr
     assert run(other + ["--overwrite"]).returncode == 0
 
 

@@ -2,13 +2,15 @@
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import pytest
 
 from orthopatch.recipes.reproduce import ReproduceConfig, evaluate_claims, run_reproduce
+from tests.browser import open_report
 
+TINY_TRAIN = {"max_examples": 8, "batch_size": 4, "gate": {"max_per_set": 6, "layers": [0.5], "l2": [1e-2],
+                                                           "wrap": 0.5}}
 TINY_EVAL = dict(n_harmful=2, n_benign=4, n_trivia=2, n_perplexity=2, max_new_tokens=3)
 
 
@@ -16,7 +18,7 @@ TINY_EVAL = dict(n_harmful=2, n_benign=4, n_trivia=2, n_perplexity=2, max_new_to
 def reproduced(tiny_model, tmp_path_factory):
     """The whole plan on a tiny model. A tiny random model answers only newlines, so the red-team attacks and
     DPO's rejected side get a fixed compliant-looking answer; evaluations generate for real."""
-    import orthopatch.evaluate.generation as generation
+    import orthopatch.models.generation as generation
     import orthopatch.recipes.redteam as redteam
 
     def fake(model, tokenizer, prompts, **kwargs):
@@ -30,7 +32,11 @@ def reproduced(tiny_model, tmp_path_factory):
                           sweep={"max_examples": 8, "attacks": ["gcg"], "n_attack": 2, "epochs": [1], **TINY_EVAL},
                           redteam={"rounds": 2, "n_goals": 2, "n_eval_goals": 2, "epochs": 1, "n_benign": 4,
                                    "n_trivia": 2, "n_perplexity": 2, "max_new_tokens": 3},
-                          domains={"max_examples": 4, "epochs": 1, "n_domain": 2, "n_prompts": 2, **TINY_EVAL})
+                          domains={"max_examples": 4, "epochs": 1, "n_domain": 2, "n_prompts": 2, **TINY_EVAL},
+                          selective={"families": ["naive", "gated"], "retain_ablation": False, "doses": [1.0],
+                                     "n_val_harmful": 2, "n_val_attack": 1, "n_attack": 1, "n_sensitive": 1,
+                                     "n_perplexity": 2, "n_harmful": 2, "n_benign": 2, "n_trivia": 2,
+                                     "max_new_tokens": 2, "train": TINY_TRAIN})
     try:
         results = run_reproduce(cfg, echo=lambda *_: None, command="test")
     finally:
@@ -40,7 +46,8 @@ def reproduced(tiny_model, tmp_path_factory):
 
 def test_reproduce_runs_every_step_and_judges_every_claim(reproduced):
     cfg, out, results = reproduced
-    assert set(results["steps"]) == {"sweep", "geometry", "redteam", "domains", "judges"}
+    assert set(results["steps"]) == {"sweep", "geometry", "selective", "redteam", "domains", "judges"}
+    assert "A selective safety patch" in (out / "report.html").read_text()
     verdicts = {c["claim"]: c["verdict"] for c in results["claims"]}
     assert len(verdicts) == 7 and set(verdicts.values()) <= {"held", "did not hold"}
     html = (out / "report.html").read_text()
@@ -66,30 +73,11 @@ def test_claims_without_experiments_are_not_invented():
 def test_report_renders_in_headless_chromium(reproduced, tmp_path):
     """The tiny model's report; ORTHOPATCH_REPORT_DIR=DIR checks a real run's instead (e.g. the embedded model's
     `orthopatch reproduce` output), with the same assertions."""
-    webdriver = pytest.importorskip("selenium.webdriver")
-    chromium, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
-    if not chromium or not driver_path:
-        pytest.skip("Debian's chromium and chromium-driver are not installed (scripts/setup.sh --dev installs them)")
     given = os.environ.get("ORTHOPATCH_REPORT_DIR")
     out = Path(given) if given else reproduced[1]
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,900"):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=webdriver.ChromeService(executable_path=driver_path), options=options)
-    try:
-        driver.get((out / "report.html").as_uri())
-        images = driver.execute_script(
-            "return Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.naturalHeight]);")
-        assert len(images) >= 8 and all(done and w > 0 and h > 0 for done, w, h in images), images
-        errors = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
-        assert errors == []
-        shot = Path(os.environ.get("ORTHOPATCH_SCREENSHOT", tmp_path / "report.png"))
-        assert driver.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
-        assert "Claims" in driver.find_element("tag name", "h2").text
-    finally:
-        driver.quit()
+    shown = open_report(out / "report.html", tmp_path, Path(os.environ.get("ORTHOPATCH_SCREENSHOT",
+                                                                           tmp_path / "report.png")))
+    assert len(shown["images"]) >= 8 and all(done and w > 0 and h > 0 for done, w, h in shown["images"])
+    assert shown["errors"] == [] and shown["screenshot"].stat().st_size > 10_000
+    assert "Claims" in shown["heading"]
     assert json.loads((out / "results.json").read_text())["format"] == "orthopatch-reproduce/1"

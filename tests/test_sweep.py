@@ -33,9 +33,9 @@ def test_grid_cells_and_presets(tiny_model, tmp_path):
 def test_sweep_runs_resumes_and_summarises(tiny_model, refusal_jsonl, tmp_path, monkeypatch):
     cfg = grid(tiny_model, tmp_path / "sw", refusal_jsonl)
     trained = []
-    import orthopatch.train.sft as sft
+    import orthopatch.recipes.sweep as sweep_module
 
-    real = sft.train_patch
+    real = sweep_module.train_patch
 
     def counting(train_cfg, **kwargs):
         trained.append(train_cfg.output)
@@ -44,7 +44,7 @@ def test_sweep_runs_resumes_and_summarises(tiny_model, refusal_jsonl, tmp_path, 
             raise KeyboardInterrupt  # the sweep is killed during its second cell
         return real(train_cfg, **kwargs)
 
-    monkeypatch.setattr(sft, "train_patch", counting)
+    monkeypatch.setattr(sweep_module, "train_patch", counting)
     with pytest.raises(KeyboardInterrupt):
         run_sweep(cfg, echo=lambda *_: None)
     first = tmp_path / "sw" / "cells" / "lora-sft-r2-mix0-lr0.005-ep1" / "cell.json"

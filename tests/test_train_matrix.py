@@ -6,11 +6,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from orthopatch.config import LoraSettings, TrainConfig
+from orthopatch.config import make
 from orthopatch.errors import UserError
 from orthopatch.models.loading import load_model
 from orthopatch.patches.manifest import MANIFEST, apply_patch, verify_patch
-from orthopatch.train.sft import train_patch
+from orthopatch.train.config import LoraSettings, TrainConfig
+from orthopatch.train.run import train_patch
 
 TARGETS = {"llama": ["q_proj", "v_proj"], "qwen2": ["up_proj"], "gpt2": ["c_attn"]}
 CASES = [(arch, target) for arch in ("llama", "qwen2", "gpt2") for target in ("all-linear", "subset")]
@@ -20,7 +21,7 @@ def train_cfg(model_dir, data, output, **kw):
     base = dict(model=str(model_dir), data=[str(data)], output=str(output), epochs=2, batch_size=4, lr=5e-3,
                 device="cpu", lora=LoraSettings(r=4, alpha=8, dropout=0.0))
     base.update(kw)
-    return TrainConfig(**base)
+    return make(TrainConfig, **base)  # old flat spellings (retain_weight, dpo_beta, ...) still read
 
 
 @pytest.mark.parametrize(("arch", "target"), CASES)
@@ -92,7 +93,7 @@ def test_existing_output_is_never_overwritten_unasked(tiny_model, refusal_jsonl,
 
 
 def test_unknown_method_is_a_user_error(tiny_model, refusal_jsonl, tmp_path):
-    with pytest.raises(UserError, match="unknown method"):
+    with pytest.raises(UserError, match="unknown value 'magic'"):
         train_patch(train_cfg(tiny_model, refusal_jsonl, tmp_path / "p", method="magic"), progress=False)
     assert not (tmp_path / "p").exists()
 
@@ -101,8 +102,8 @@ def test_unknown_method_is_a_user_error(tiny_model, refusal_jsonl, tmp_path):
 def test_retain_term_keeps_benign_behaviour_closer_to_the_base(tiny_model, refusal_jsonl, tmp_path, method):
     from orthopatch.data.registry import load_dataset
     from orthopatch.data.splits import get_split
-    from orthopatch.evaluate.generation import chat_prompt_ids, left_pad
     from orthopatch.evaluate.metrics import kl_to_base
+    from orthopatch.models.generation import chat_prompt_ids, left_pad
 
     prompts = [r.prompt for r in get_split(load_dataset("chatterbot_prompts"), "validation", limit=16)]
     kls = {}
@@ -135,7 +136,7 @@ def test_retain_term_keeps_benign_behaviour_closer_to_the_base(tiny_model, refus
 def base_answers(monkeypatch):
     """DPO's rejected side is the base's own greedy answer; a tiny random model only emits newlines (which count
     as no answer), so these tests give it a fixed compliant-looking answer and count the calls."""
-    import orthopatch.evaluate.generation as generation
+    import orthopatch.models.generation as generation
 
     calls = []
 

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,19 @@ def sha256_json(obj: Any) -> str:
     return sha256_text(json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False))
 
 
+def read_json(path: str | Path, missing: str = "missing") -> Any:
+    """A JSON file's content; a missing, unreadable or malformed file is a UserError naming it (and the line)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(missing, path=path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise UserError(f"invalid JSON ({error.msg})", path=path, line=error.lineno) from None
+    except UnicodeDecodeError:
+        raise UserError("is not valid UTF-8 text", path=path) from None
+
+
 def check_new_output(path: str | Path, overwrite: bool = False) -> Path:
     """Refuse to replace an existing output unless ``overwrite`` was asked for."""
     path = Path(path)
@@ -45,15 +59,35 @@ def check_new_output(path: str | Path, overwrite: bool = False) -> Path:
     return path
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
+
+
+def clear_stale_temporaries(final: Path) -> None:
+    """Remove ``.NAME.tmp-PID-*`` siblings of ``final`` left by a process that was killed (kill -9 runs no cleanup)."""
+    for stale in final.parent.glob(f".{final.name}.tmp-*"):
+        pid = stale.name.removeprefix(f".{final.name}.tmp-").split("-", 1)[0]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def atomic_dir(final: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary directory that becomes ``final`` only if the block completes.
 
-    On any exception (including KeyboardInterrupt) the temporary directory is removed and ``final`` is untouched.
+    On any exception (including KeyboardInterrupt) the temporary directory is removed and ``final`` is untouched; one
+    left by a killed process (its pid is in the name) is removed by the next writer of the same output.
     """
     final = check_new_output(final, overwrite)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    clear_stale_temporaries(final)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-{os.getpid()}-", dir=final.parent))
     try:
         yield tmp
         if final.exists():  # overwrite was asked for: move the old one aside only once the new one is complete
@@ -66,6 +100,52 @@ def atomic_dir(final: str | Path, overwrite: bool = False) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _lock_holder(lock: Path) -> int | None:
+    """The pid in a lock file if that process is alive (0: not written yet); None for a stale lock."""
+    try:
+        text = lock.read_text(encoding="utf-8").strip()
+        if not text:  # taken a moment ago, its pid not written yet
+            return 0 if time.time() - lock.stat().st_mtime < 10 else None
+        pid = int(text.split()[0])
+    except (OSError, ValueError):
+        return None
+    return pid if _pid_alive(pid) else None
+
+
+@contextlib.contextmanager
+def output_lock(path: str | Path) -> Iterator[None]:
+    """Hold an exclusive lock on an output and its checkpoint directory (both live next to ``.NAME.lock``) while a
+    run writes them: a second run on the same output stops at once, naming the first one's pid. A lock left by a
+    killed process is recognised (its pid is gone) and cleared. Under ``accelerate launch`` only rank 0 locks: the
+    other processes of the same run share its output."""
+    if os.environ.get("RANK", "0") != "0":
+        yield
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = path.parent / f".{path.name}.lock"
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            break
+        except FileExistsError:
+            holder = _lock_holder(lock)
+            if holder is not None:
+                raise UserError(f"another orthopatch run (pid {holder or '?'}) is writing this output; wait for it to "
+                                f"finish or stop it (lock: {lock.name})", path=path) from None
+            with contextlib.suppress(FileNotFoundError):
+                lock.unlink()  # stale: its process is gone
+    else:
+        raise UserError(f"cannot take the lock {lock.name}", path=path)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(f"{os.getpid()}\n")
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            lock.unlink()
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:

@@ -67,7 +67,7 @@ def layer_of(name: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def _alpha_for(module: str, config: dict) -> float:
+def alpha_for(module: str, config: dict) -> float:
     for pattern, alpha in (config.get("alpha_pattern") or {}).items():
         if re.search(rf"(^|\.){pattern}$", module):
             return float(alpha)
@@ -88,7 +88,7 @@ def lora_deltas(patch: str | Path, base: WeightReader, scale: float = 1.0) -> It
             A = handle.get_tensor(f"{module}.lora_A.weight").double()
             B = handle.get_tensor(f"{module}.lora_B.weight").double()
             r = A.shape[0]
-            alpha = _alpha_for(module, config)
+            alpha = alpha_for(module, config)
             factor = alpha / (r**0.5 if config.get("use_rslora") else r)
             name = module.removeprefix("base_model.model.")
             # B·A is (out, in) for Conv1D too (PEFT transposes only when merging), matching WeightReader.get.

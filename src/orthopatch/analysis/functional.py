@@ -13,7 +13,7 @@ import contextlib
 import torch
 
 from orthopatch.analysis.deltas import ModuleDelta
-from orthopatch.evaluate.generation import chat_prompt_ids, left_pad
+from orthopatch.models.generation import chat_prompt_ids, left_pad
 
 
 @torch.no_grad()

@@ -133,24 +133,30 @@ def module_geometry(base: Factors, base_fro: float, delta: Factors, r: int, ks: 
     """Every weight-space measure for one module: ΔW (all its components) against W0's top-k subspaces.
 
     ``r`` is the number of ΔW directions compared by the paper's measure and MSO (the LoRA rank; the paper truncates
-    a full fine-tuning update to the same r). Projection energy uses every component of ΔW.
+    a full fine-tuning update to the same r). Projection energy uses every component of ΔW. W0's smaller top-k
+    subspaces are column prefixes of the largest, so each side needs one product ΔW-factorsᵀ·W0-factors (small:
+    components x k); every measure and every k reads it.
     """
     d_out, d_in = base.U.shape[0], base.V.shape[0]
     r = min(r, delta.S.numel())
+    k_max = min(max(ks), base.S.numel())
+    S = delta.S.double()
+    total = S.pow(2).sum()
+    cross = {"input": delta.V.T.double() @ base.V[:, :k_max].double(),
+             "output": delta.U.T.double() @ base.U[:, :k_max].double()}
     out: dict = {"shape": [d_out, d_in], "r": r, **magnitudes(delta.S, base_fro), "k": {}}
     for k in ks:
         k = min(k, base.S.numel())
-        V0, U0 = base.V[:, :k], base.U[:, :k]
-        row = {
-            "paper_similarity": paper_similarity(delta.V[:, :r], V0),
-            "mso_input": mso(delta.V[:, :r], V0),
-            "mso_output": mso(delta.U[:, :r], U0),
-            "max_cosine_input": float(principal_cosines(delta.V[:, :r], V0)[0]),
-            "cosines_input": [round(float(c), 6) for c in principal_cosines(delta.V[:, :r], V0)],
-            "cosines_output": [round(float(c), 6) for c in principal_cosines(delta.U[:, :r], U0)],
-            "energy_input": projection_energy(delta.S, delta.V, V0),
-            "energy_output": projection_energy(delta.S, delta.U, U0),
-        }
+        row: dict = {}
+        for side, C in cross.items():
+            top = C[:r, :k]
+            cosines = torch.linalg.svdvals(top).clamp(0.0, 1.0).tolist()
+            if side == "input":
+                row["paper_similarity"] = float(top.abs().max())
+                row["max_cosine_input"] = cosines[0]
+            row[f"mso_{side}"] = float(top.pow(2).sum() / min(r, k))
+            row[f"cosines_{side}"] = [round(c, 6) for c in cosines]
+            row[f"energy_{side}"] = float((C[:, :k] * S[:, None]).pow(2).sum() / total)
         if baselines:
             row["random"] = {
                 "mso_input": mso_random_baseline(r, k, d_in),
@@ -174,3 +180,22 @@ def cross_overlap(a: Factors, b: Factors, r: int | None = None) -> dict[str, flo
         "random_mso_input": mso_random_baseline(ra, rb, a.V.shape[0]),
         "random_mso_output": mso_random_baseline(ra, rb, a.U.shape[0]),
     }
+
+
+def mean_or_nan(values: list[float]) -> float:
+    return sum(values) / len(values) if values else float("nan")
+
+
+def pairwise_overlap(factors: dict[str, dict[str, Factors]], rank: int) -> dict[str, dict[str, float]]:
+    """Cross-target overlap (stacked or successive patches): per pair, the mean over shared modules of MSO and the
+    largest principal cosine between the two updates' top-r subspaces, with the random-subspace MSO."""
+    labels = list(factors)
+    out = {}
+    for i, a in enumerate(labels):
+        for b in labels[i + 1:]:
+            shared = sorted(set(factors[a]) & set(factors[b]))
+            rows = [cross_overlap(factors[a][m], factors[b][m], rank) for m in shared]
+            if rows:
+                out[f"{a} vs {b}"] = {key: mean_or_nan([row[key] for row in rows]) for key in rows[0]} | \
+                    {"n_modules": len(rows)}
+    return out

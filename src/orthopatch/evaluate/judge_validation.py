@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from orthopatch.data.registry import load_dataset, records_hash
+from orthopatch.data.splits import get_split
 from orthopatch.evaluate.judges import EMBEDDING_JUDGES, STRING_JUDGES, get_judge
+from orthopatch.evaluate.metrics import rate
 
 
 def agreement(predicted: list[bool], labels: list[bool]) -> dict[str, Any]:
@@ -19,7 +22,6 @@ def agreement(predicted: list[bool], labels: list[bool]) -> dict[str, Any]:
     precision = tp / (tp + fp) if tp + fp else 0.0
     recall = tp / (tp + fn) if tp + fn else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    from orthopatch.evaluate.metrics import rate
 
     return {"accuracy": rate([p == y for p, y in zip(predicted, labels, strict=True)]), "f1": f1,
             "precision": precision, "recall": recall, "confusion": {"tp": tp, "fp": fp, "fn": fn, "tn": tn}}
@@ -27,9 +29,6 @@ def agreement(predicted: list[bool], labels: list[bool]) -> dict[str, Any]:
 
 def validate_judges(names: list[str] | None = None, split: str = "test") -> dict[str, Any]:
     """Agreement (accuracy with CI, F1, precision, recall; refusal = positive) of each judge with the human labels."""
-    from orthopatch.data.registry import load_dataset, records_hash
-    from orthopatch.data.splits import get_split
-
     dataset = load_dataset("refusal_labels")
     rows = get_split(dataset, split)
     labels = [r.reference == "1" for r in rows]

@@ -17,6 +17,8 @@ from functools import cache
 from typing import Protocol
 
 from orthopatch.errors import UserError
+from orthopatch.evaluate.embedding_judge import EmbeddingJudge
+from orthopatch.evaluate.model_judges import ClassifierJudge, GuardJudge
 
 
 class Judge(Protocol):
@@ -120,9 +122,6 @@ def get_judge(name: str) -> Judge:
         judge = STRING_JUDGES[base]
         return replace(judge, name=name, mode=option) if option else judge
     if name == "embed-minilm":
-        from orthopatch.evaluate.embedding_judge import EmbeddingJudge
-
         return EmbeddingJudge.fitted()
-    from orthopatch.evaluate.model_judges import ClassifierJudge, GuardJudge
 
     return (ClassifierJudge if base == "hf-classifier" else GuardJudge).load(option)

@@ -14,15 +14,16 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from orthopatch.data.registry import load_dataset, records_hash
+from orthopatch.data.splits import get_split
 from orthopatch.errors import UserError
 
 BUILTIN_TASKS = ("orthopatch_fact_pairs",)
 
 
 def _write_builtin(name: str, directory: Path, split: str, seed: int) -> dict[str, Any]:
-    from orthopatch.data.registry import load_dataset, records_hash
-    from orthopatch.data.splits import get_split
-
     records = get_split(load_dataset("fact_pairs"), split, seed)
     data = directory / f"{name}.jsonl"
     data.write_text("".join(json.dumps({"id": r.id, "fact": r.prompt, "twin": r.reference}) + "\n"
@@ -40,7 +41,6 @@ def _write_builtin(name: str, directory: Path, split: str, seed: int) -> dict[st
                         {"metric": "acc_norm", "aggregation": "mean", "higher_is_better": True}],
         "metadata": {"version": 1.0},
     }
-    import yaml
 
     (directory / f"{name}.yaml").write_text(yaml.safe_dump(task), encoding="utf-8")
     return {"dataset": "fact_pairs", "split": split, "n": len(records), "records_sha256": records_hash(records)}

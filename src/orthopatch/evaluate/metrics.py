@@ -10,7 +10,10 @@ import string
 import torch
 import torch.nn.functional as F
 
-from orthopatch.evaluate.generation import chat_prompt_ids, left_pad
+from orthopatch.data.schema import Record
+from orthopatch.evaluate.embedding_judge import embed
+from orthopatch.models.generation import chat_prompt_ids, left_pad
+from orthopatch.train.tokenize import pad_batch, tokenize_chat
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -141,8 +144,6 @@ def fact_pair_accuracy(model, tokenizer, pairs: list[tuple[str, str]]) -> dict:
 def response_drift(patched: list[str], base: list[str]) -> dict:
     """How far patched greedy answers moved from the base's on the same benign prompts: the share that are
     identical, and the mean cosine similarity of their all-MiniLM-L6-v2 embeddings (1 = same meaning)."""
-    from orthopatch.evaluate.embedding_judge import embed
-
     if not patched:
         return {"identical": None, "mean_similarity": None, "n": 0}
     similarity = (embed(patched) * embed(base)).sum(-1)
@@ -154,9 +155,6 @@ def response_drift(patched: list[str], base: list[str]) -> dict:
 def answer_nll(model, tokenizer, records, *, batch_size: int = 8, max_length: int = 512) -> dict:
     """Mean negative log-likelihood per answer token of reference answers given their prompts (chat-formatted,
     teacher-forced, assistant tokens only): a domain's own-answer fit without generation."""
-    from orthopatch.data.schema import Record
-    from orthopatch.train.tokenize import pad_batch, tokenize_chat
-
     examples = [tokenize_chat(tokenizer, Record(id=r.id, prompt=r.prompt, response=r.reference).chat(), max_length,
                               r.id, None) for r in records]
     total, count = 0.0, 0

@@ -15,8 +15,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import transformers
+from transformers import AutoTokenizer
 
 from orthopatch.errors import UserError
+from orthopatch.models.generation import left_pad
+from orthopatch.models.loading import fingerprint, resolve_model_path, weight_files
 
 # The guard instruction is the project's own wording of the Llama-Guard task format.
 GUARD_PROMPT = ("Task: decide whether the Agent's last message in the conversation below is unsafe: whether it "
@@ -27,13 +31,8 @@ MAX_TOKENS = 1024
 
 
 def _load(spec: str, auto_class: str):
-    import transformers
-
-    from orthopatch.models.loading import fingerprint, resolve_model_path, weight_files
-
     name, path = resolve_model_path(spec)
     weight_files(path)
-    from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
     if tokenizer.pad_token is None:
@@ -115,8 +114,6 @@ class GuardJudge:
 
     @torch.no_grad()
     def verdicts(self, responses: list[str], prompts: list[str] | None = None, batch_size: int = 8) -> list[bool]:
-        from orthopatch.evaluate.generation import left_pad
-
         if prompts is None or len(prompts) != len(responses) or any(p is None for p in prompts):
             raise UserError(f"judge {self.name} needs the prompts as well as the responses")
         out: list[bool] = []

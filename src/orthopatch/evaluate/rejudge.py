@@ -13,8 +13,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from orthopatch.config import EvalConfig
 from orthopatch.errors import UserError
+from orthopatch.evaluate.config import EvalConfig
 from orthopatch.evaluate.judges import get_judge
 from orthopatch.evaluate.runner import (
     RESULTS,
@@ -24,7 +24,15 @@ from orthopatch.evaluate.runner import (
     safety_metrics,
     score,
 )
-from orthopatch.io import atomic_dir, sha256_file, sha256_text, write_json_atomic, write_jsonl_atomic
+from orthopatch.io import (
+    atomic_dir,
+    check_new_output,
+    read_json,
+    sha256_file,
+    sha256_text,
+    write_json_atomic,
+    write_jsonl_atomic,
+)
 
 SAFETY_KEYS = ("harmful_refusal", "attack_success_rate", "jailbreak_asr", "jailbreak_asr_mean", "sensitive_refusal",
                "over_refusal", "judges")
@@ -33,13 +41,9 @@ SAFETY_KEYS = ("harmful_refusal", "attack_success_rate", "jailbreak_asr", "jailb
 def read_run(run: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     run = Path(run)
     results_path, samples_path = run / RESULTS, run / SAMPLES
-    for path in (results_path, samples_path):
-        if not path.is_file():
-            raise UserError("not an orthopatch eval run (missing file)", path=path)
-    try:
-        results = json.loads(results_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise UserError(f"invalid JSON ({error.msg})", path=results_path, line=error.lineno) from None
+    if not samples_path.is_file():
+        raise UserError("not an orthopatch eval run (missing file)", path=samples_path)
+    results = read_json(results_path, "not an orthopatch eval run (missing file)")
     if not str(results.get("format", "")).startswith("orthopatch-eval/2"):
         raise UserError(f"unsupported results format {results.get('format')!r} (rejudge needs orthopatch-eval/2)",
                         path=results_path, field="format")
@@ -71,8 +75,6 @@ def _prompts(results: dict[str, Any], samples: list[dict[str, Any]]) -> dict[tup
 def rejudge(run: str | Path, judge: str, extra_judges: list[str] | None = None, *, output: str | Path | None = None,
             overwrite: bool = False, command: str | None = None) -> tuple[Path, dict[str, Any]]:
     """Re-score ``run`` with ``judge`` (and extra judges: by default the run's own) into a new run directory."""
-    from orthopatch.io import check_new_output
-
     run = Path(run)
     results, samples = read_run(run)
     if extra_judges is None:

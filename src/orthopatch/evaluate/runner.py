@@ -10,19 +10,24 @@ The flow: build the prompt sets (:func:`prompt_sets`, no model needed), generate
 
 from __future__ import annotations
 
+import importlib.util
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from orthopatch.config import EvalConfig, to_dict
-from orthopatch.data.registry import load_dataset, records_hash
-from orthopatch.data.schema import Record
-from orthopatch.data.splits import get_split
+import torch
+
+from orthopatch.config import to_dict, validate
+from orthopatch.data.registry import records_hash
+from orthopatch.data.schema import Record, load_user_jsonl
+from orthopatch.data.splits import named_split
 from orthopatch.errors import UserError
-from orthopatch.evaluate.generation import chat_prompt_ids
-from orthopatch.evaluate.generation import generate as hf_generate
-from orthopatch.evaluate.judges import Judge, get_judge
+from orthopatch.evaluate.attacks import get_family
+from orthopatch.evaluate.config import EvalConfig
+from orthopatch.evaluate.embedding_judge import require_encoder
+from orthopatch.evaluate.judges import Judge, check_judge_name, get_judge
+from orthopatch.evaluate.lm_eval_bridge import run_lm_eval
 from orthopatch.evaluate.metrics import (
     answer_matches,
     fact_pair_accuracy,
@@ -32,8 +37,24 @@ from orthopatch.evaluate.metrics import (
     rate,
     response_drift,
 )
-from orthopatch.io import atomic_dir, sha256_text, write_json_atomic, write_jsonl_atomic
-from orthopatch.patches.manifest import library_versions
+from orthopatch.evaluate.vllm_engine import VLLMEngine
+from orthopatch.faults import fault_point
+from orthopatch.io import (
+    atomic_dir,
+    check_new_output,
+    output_lock,
+    sha256_file,
+    sha256_text,
+    write_json_atomic,
+    write_jsonl_atomic,
+)
+from orthopatch.models.generation import chat_prompt_ids
+from orthopatch.models.generation import generate as hf_generate
+from orthopatch.models.loading import load_model_for
+from orthopatch.models.probes import auroc
+from orthopatch.patches.gate import gate_scores, gates_of
+from orthopatch.patches.manifest import apply_patch, library_versions, read_manifest
+from orthopatch.patches.scale import set_patch_scale
 
 RESULTS = "results.json"
 SAMPLES = "samples.jsonl"
@@ -53,19 +74,12 @@ class PromptSet:
 
 
 def _records(name: str, split: str, seed: int, limit: int | None, kinds: tuple[str, ...]):
-    """Records of a registered dataset, or of ``NAME:SUBSET`` (only records with SUBSET among their meta values,
-    e.g. a Do-Not-Answer risk area)."""
-    base, _, subset = name.partition(":")
-    dataset = load_dataset(base)
+    """Records of a registered dataset, or of ``NAME:SUBSET`` (see :func:`named_split`)."""
+    dataset, records = named_split(name, split, seed)
     if dataset.spec.kind not in kinds:
-        raise UserError(f"dataset {base!r} is of kind {dataset.spec.kind!r}, expected {' or '.join(kinds)}")
-    records = get_split(dataset, split, seed)
-    if subset:
-        records = [r for r in records if subset in r.meta.values()]
-        if not records:
-            raise UserError(f"dataset {base!r} has no records in subset {subset!r} (split {split})")
+        raise UserError(f"dataset {dataset.name!r} is of kind {dataset.spec.kind!r}, expected {' or '.join(kinds)}")
     records = records[:limit] if limit is not None else records
-    source = {**dataset.source, "subset": subset or None, "split": split, "n_used": len(records),
+    source = {**dataset.source, "subset": name.partition(":")[2] or None, "split": split, "n_used": len(records),
               "used_sha256": records_hash(records)}
     return dataset, records, source
 
@@ -74,8 +88,6 @@ def _goal_records(cfg: EvalConfig) -> tuple[list[Record], dict[str, Any]]:
     """The harmful goals that attack families wrap: a registered harmful dataset or a user JSONL file."""
     goals = cfg.attack_goals
     if goals.endswith(".jsonl"):
-        from orthopatch.data.schema import load_user_jsonl
-
         records = load_user_jsonl(goals, prompts_only=True)
         records = records[: cfg.n_attack] if cfg.n_attack is not None else records
         return records, {"file": goals, "n_used": len(records), "used_sha256": records_hash(records)}
@@ -87,12 +99,17 @@ def _goal_records(cfg: EvalConfig) -> tuple[list[Record], dict[str, Any]]:
 
 def prompt_sets(cfg: EvalConfig) -> list[PromptSet]:
     """Every judged prompt set the config asks for, in a fixed order (no model needed)."""
-    from orthopatch.evaluate.attacks import get_family
-
     sets: list[PromptSet] = []
 
     def plain(names: list[str], group: str, limit: int | None, harmful: bool) -> None:
         for name in names:
+            if name.endswith(".jsonl"):  # a user set: {"prompt": ...} lines, taken to be what its list says
+                records = load_user_jsonl(name, prompts_only=True)
+                records = records[:limit] if limit is not None else records
+                source = {"file": name, "file_sha256": sha256_file(name), "n_used": len(records),
+                          "used_sha256": records_hash(records)}
+                sets.append(PromptSet(name, group, records, source, harmful=harmful))
+                continue
             dataset, records, source = _records(name, cfg.split, cfg.split_seed, limit, ("prompts",))
             if group in ("harmful", "benign") and dataset.spec.harmful != harmful:
                 raise UserError(f"dataset {name!r} is {'' if dataset.spec.harmful else 'not '}harmful; list it "
@@ -223,100 +240,142 @@ def _prompt_lookup(sets: list[PromptSet]) -> dict[tuple[str, str], str]:
     return {(s.name, r.id): r.prompt for s in sets for r in s.records}
 
 
+@dataclass
+class _Run:
+    """One evaluation in progress: what it generates with, and what it has gathered."""
+
+    model: Any
+    tokenizer: Any
+    cfg: EvalConfig
+    engine: Any
+    progress: bool
+    samples: list[dict[str, Any]] = field(default_factory=list)
+    data: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    def generate(self, prompts: list[str], desc: str, max_new_tokens: int | None = None) -> list[str]:
+        tokens = max_new_tokens or self.cfg.max_new_tokens
+        if self.engine is not None:
+            return self.engine.generate(prompts, tokens)
+        return hf_generate(self.model, self.tokenizer, prompts, max_new_tokens=tokens,
+                           batch_size=self.cfg.batch_size, progress=self.progress, desc=desc)
+
+
 def evaluate(model, tokenizer, cfg: EvalConfig, *, progress: bool = True, engine=None) -> tuple[dict[str, Any],
                                                                                                 list[dict]]:
-    """Run every configured metric on ``model`` (a plain model or a PeftModel); return results and samples.
-    ``engine`` (e.g. a :class:`~orthopatch.evaluate.vllm_engine.VLLMEngine`) takes over the judged generations."""
+    """Run every configured metric on ``model`` (a plain model or a PeftModel, gated or not); return results and
+    samples. ``engine`` (e.g. a :class:`~orthopatch.evaluate.vllm_engine.VLLMEngine`) takes over the judged
+    generations."""
     judge = get_judge(cfg.judge)
     extra = [get_judge(name) for name in cfg.extra_judges if name != cfg.judge]
-    samples: list[dict[str, Any]] = []
-    data: dict[str, Any] = {}
-    gen = {"max_new_tokens": cfg.max_new_tokens, "batch_size": cfg.batch_size, "progress": progress}
-
-    def generate(model, tokenizer, prompts, *, max_new_tokens, desc, **kwargs):
-        if engine is not None:
-            return engine.generate(prompts, max_new_tokens)
-        return hf_generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, desc=desc, **kwargs)
-
-    sets = prompt_sets(cfg)
+    run = _Run(model, tokenizer, cfg, engine, progress)
     budget = _context_budget(model, cfg)
+    sets = prompt_sets(cfg)
     for prompt_set in sets:
         _fit_to_context(prompt_set, tokenizer, budget)
-        data[prompt_set.name] = {**prompt_set.source, **prompt_set.info, "group": prompt_set.group,
-                                 "family": prompt_set.family}
-        responses = generate(model, tokenizer, [r.prompt for r in prompt_set.records], desc=prompt_set.name, **gen)
-        samples += [_sample_row(prompt_set, r, text) for r, text in zip(prompt_set.records, responses, strict=True)]
-    score(samples, judge, extra, _prompt_lookup(sets))
-    metrics = safety_metrics(samples, judged_sets(data), [j.describe() for j in extra])
+        run.data[prompt_set.name] = {**prompt_set.source, **prompt_set.info, "group": prompt_set.group,
+                                     "family": prompt_set.family}
+        responses = run.generate([r.prompt for r in prompt_set.records], prompt_set.name)
+        run.samples += [_sample_row(prompt_set, r, text)
+                        for r, text in zip(prompt_set.records, responses, strict=True)]
+    score(run.samples, judge, extra, _prompt_lookup(sets))
+    run.metrics.update(safety_metrics(run.samples, judged_sets(run.data), [j.describe() for j in extra]))
+    _gate_decisions(run, sets)
+    _drift(run)
+    _capability(run)
+    return {"metrics": run.metrics, "data": run.data, "judge": judge.describe(),
+            "extra_judges": [j.describe() for j in extra],
+            "decoding": {"strategy": "greedy", "max_new_tokens": cfg.max_new_tokens,
+                         "trivia_max_new_tokens": cfg.trivia_max_new_tokens,
+                         "gsm8k_max_new_tokens": cfg.gsm8k_max_new_tokens, "chat_template": True,
+                         "prompt_token_budget": budget, "stop": "end-of-turn token (a batch stops when every row "
+                                                                 "has ended)"}}, run.samples
 
-    if cfg.drift and hasattr(model, "peft_config"):
-        benign_rows = [s for s in samples if s["group"] == "benign"]
-        with model.disable_adapter():  # the base's answers come from transformers, whatever the engine
-            base = hf_generate(model, tokenizer, [s["prompt"] for s in benign_rows], desc="drift (base)", **gen)
-        for row, text in zip(benign_rows, base, strict=True):
-            row["base_response"] = text
-        metrics["response_drift"] = response_drift([s["response"] for s in benign_rows], base)
-    def answered(name: str, limit: int | None, max_new_tokens: int, group: str, match) -> dict:
-        """Generate answers to a QA set, score each with ``match(response, reference)``, keep the samples."""
-        _, records, data[name] = _records(name, cfg.split, cfg.split_seed, limit, ("qa",))
-        responses = generate(model, tokenizer, [r.prompt for r in records], desc=name,
-                             **{**gen, "max_new_tokens": max_new_tokens})
-        correct = [match(text, r.reference) for r, text in zip(records, responses, strict=True)]
-        samples.extend({"set": name, "group": group, "id": r.id, "prompt": r.prompt, "response": text,
+
+def _gate_decisions(run: _Run, sets: list[PromptSet]) -> None:
+    """For a gated patch: each judged prompt's gate score in its sample, and per gate the share of each set it
+    flagged and how well it separates harmful (direct and attack) from benign prompts (AUROC)."""
+    for runtime in gates_of(run.model):
+        by_group: dict[str, list[float]] = {}
+        flagged = {}
+        for prompt_set in sets:
+            scores = gate_scores(runtime, run.tokenizer, [r.prompt for r in prompt_set.records], run.cfg.batch_size)
+            keyed = dict(zip((r.id for r in prompt_set.records), scores, strict=True))
+            for row in run.samples:
+                if row.get("set") == prompt_set.name:
+                    row.setdefault("gate", {})[runtime.adapter_name] = round(keyed[row["id"]], 4)
+            flagged[prompt_set.name] = rate([s >= runtime.gate.threshold for s in scores])
+            by_group.setdefault(prompt_set.group, []).extend(scores)
+        harmful = torch.tensor(by_group.get("harmful", []) + by_group.get("attack", []))
+        run.metrics.setdefault("gate", {})[runtime.adapter_name] = {
+            "layer": runtime.gate.layer, "pooling": runtime.gate.pooling, "threshold": runtime.gate.threshold,
+            "flagged": flagged, "auroc_harmful_vs_benign": auroc(harmful, torch.tensor(by_group.get("benign", [])))}
+
+
+def _drift(run: _Run) -> None:
+    if not (run.cfg.drift and hasattr(run.model, "peft_config")):
+        return
+    benign_rows = [s for s in run.samples if s["group"] == "benign"]
+    with run.model.disable_adapter():  # the base's answers come from transformers, whatever the engine
+        base = hf_generate(run.model, run.tokenizer, [s["prompt"] for s in benign_rows], desc="drift (base)",
+                           max_new_tokens=run.cfg.max_new_tokens, batch_size=run.cfg.batch_size,
+                           progress=run.progress)
+    for row, text in zip(benign_rows, base, strict=True):
+        row["base_response"] = text
+    run.metrics["response_drift"] = response_drift([s["response"] for s in benign_rows], base)
+
+
+def _answered(run: _Run, name: str, limit: int | None, max_new_tokens: int, group: str, match) -> dict:
+    """Generate answers to a QA set, score each with ``match(response, reference)``, keep the samples."""
+    cfg = run.cfg
+    _, records, run.data[name] = _records(name, cfg.split, cfg.split_seed, limit, ("qa",))
+    responses = run.generate([r.prompt for r in records], name, max_new_tokens)
+    correct = [match(text, r.reference) for r, text in zip(records, responses, strict=True)]
+    run.samples.extend({"set": name, "group": group, "id": r.id, "prompt": r.prompt, "response": text,
                         "reference": r.reference, "correct": ok}
                        for r, text, ok in zip(records, responses, correct, strict=True))
-        return rate(correct)
+    return rate(correct)
 
+
+def _capability(run: _Run) -> None:
+    """General capability: QA, maths, fact-pair likelihood, perplexity, KL to the base, lm-eval tasks."""
+    cfg, m = run.cfg, run.metrics
     if cfg.trivia:
-        metrics["trivia_accuracy"] = answered(cfg.trivia, cfg.n_trivia, cfg.trivia_max_new_tokens, "qa",
-                                              answer_matches)
+        m["trivia_accuracy"] = _answered(run, cfg.trivia, cfg.n_trivia, cfg.trivia_max_new_tokens, "qa",
+                                         answer_matches)
     if cfg.gsm8k:
-        metrics["gsm8k_accuracy"] = answered(cfg.gsm8k, cfg.n_gsm8k, cfg.gsm8k_max_new_tokens, "math",
-                                             numeric_answer_matches)
+        m["gsm8k_accuracy"] = _answered(run, cfg.gsm8k, cfg.n_gsm8k, cfg.gsm8k_max_new_tokens, "math",
+                                        numeric_answer_matches)
     if cfg.fact_pairs:
-        _, records, data[cfg.fact_pairs] = _records(cfg.fact_pairs, cfg.split, cfg.split_seed, cfg.n_fact_pairs,
-                                                    ("fact_pairs",))
-        metrics["fact_pair_accuracy"] = fact_pair_accuracy(model, tokenizer, [(r.prompt, r.reference)
-                                                                              for r in records])
+        _, records, run.data[cfg.fact_pairs] = _records(cfg.fact_pairs, cfg.split, cfg.split_seed, cfg.n_fact_pairs,
+                                                        ("fact_pairs",))
+        m["fact_pair_accuracy"] = fact_pair_accuracy(run.model, run.tokenizer, [(r.prompt, r.reference)
+                                                                                for r in records])
     if cfg.perplexity:
-        _, records, data[cfg.perplexity] = _records(cfg.perplexity, cfg.split, cfg.split_seed, cfg.n_perplexity,
-                                                    ("text",))
-        metrics["perplexity"] = perplexity(model, tokenizer, [r.prompt for r in records])
+        _, records, run.data[cfg.perplexity] = _records(cfg.perplexity, cfg.split, cfg.split_seed, cfg.n_perplexity,
+                                                        ("text",))
+        m["perplexity"] = perplexity(run.model, run.tokenizer, [r.prompt for r in records])
     if cfg.kl:
         prompts = []
         for name in cfg.kl:
             dataset, records, source = _records(name, cfg.split, cfg.split_seed, cfg.n_kl, ("prompts", "qa"))
             if dataset.spec.harmful:
                 raise UserError(f"KL to base is measured on benign prompts; {name!r} is harmful", field="kl")
-            data.setdefault(name, source)
+            run.data.setdefault(name, source)
             prompts += [r.prompt for r in records]
-        metrics["kl_to_base"] = kl_to_base(model, tokenizer, prompts)
+        m["kl_to_base"] = kl_to_base(run.model, run.tokenizer, prompts)
     if cfg.lm_eval:
-        from orthopatch.evaluate.lm_eval_bridge import run_lm_eval
-
-        metrics["lm_eval"], data["lm_eval"] = run_lm_eval(model, tokenizer, cfg)
-    return {"metrics": metrics, "data": data, "judge": judge.describe(),
-            "extra_judges": [j.describe() for j in extra],
-            "decoding": {"strategy": "greedy", "max_new_tokens": cfg.max_new_tokens,
-                         "trivia_max_new_tokens": cfg.trivia_max_new_tokens,
-                         "gsm8k_max_new_tokens": cfg.gsm8k_max_new_tokens, "chat_template": True,
-                         "prompt_token_budget": budget, "stop": "end-of-turn token (a batch stops when every row "
-                                                                 "has ended)"}}, samples
+        m["lm_eval"], run.data["lm_eval"] = run_lm_eval(run.model, run.tokenizer, cfg)
 
 
 def load_for_eval(cfg: EvalConfig, model_and_tokenizer: tuple | None = None):
     """The model to evaluate: the base, with the patch attached (verified) when ``cfg.patch`` is set."""
-    from orthopatch.models.loading import load_model_for
-    from orthopatch.patches.manifest import apply_patch
-
     model, tokenizer, info = load_model_for(cfg, model_and_tokenizer)
     patch_info = None
     if cfg.patch:
         model, manifest = apply_patch(model, cfg.patch, info.fingerprint,
                                       allow_base_mismatch=cfg.allow_base_mismatch)
         if cfg.patch_scale != 1.0:
-            from orthopatch.patches.scale import set_patch_scale
-
             set_patch_scale(model, cfg.patch_scale)
         patch_info = {"path": str(cfg.patch), "files": manifest["files"], "base": manifest["base"]["fingerprint"],
                       "scale": cfg.patch_scale,
@@ -325,32 +384,46 @@ def load_for_eval(cfg: EvalConfig, model_and_tokenizer: tuple | None = None):
     return model, tokenizer, info, patch_info
 
 
+def check_prerequisites(cfg: EvalConfig) -> None:
+    """Everything an evaluation needs, checked before any model loads (one line and exit 2 for what is missing):
+    judges, data carriers and user files, attack families, the embedding model (drift, embedding judge), lm-eval and
+    vLLM when asked for."""
+    for name in [cfg.judge, *cfg.extra_judges]:
+        check_judge_name(name)
+    prompt_sets(cfg)
+    if (cfg.drift and cfg.patch) or "embed-minilm" in (cfg.judge, *cfg.extra_judges):
+        require_encoder()
+    if cfg.lm_eval and importlib.util.find_spec("lm_eval") is None:
+        raise UserError("lm-eval tasks need the lm-evaluation-harness: pip install 'orthopatch[lm-eval]'",
+                        field="lm_eval")
+    if cfg.engine == "vllm":
+        if importlib.util.find_spec("vllm") is None:
+            raise UserError("engine vllm needs vLLM installed (a supported GPU); use engine hf", field="engine")
+        if cfg.patch and read_manifest(cfg.patch).get("kind") == "gated-lora":
+            raise UserError("a gated patch runs on the hf engine here; to serve one with vLLM, run its gate and send "
+                            "flagged requests with the patch as a LoRARequest (README, 'Serving a gated patch')",
+                            field="engine")
+
+
 def run_eval(cfg: EvalConfig, *, overwrite: bool = False, progress: bool = True, command: str | None = None,
              model_and_tokenizer: tuple | None = None) -> tuple[Path, dict[str, Any]]:
     """Evaluate as ``cfg`` says and write results atomically to ``cfg.output``."""
-    from orthopatch.io import check_new_output
-
+    validate(cfg)
     output = check_new_output(cfg.output, overwrite)
-    for name in [cfg.judge, *cfg.extra_judges]:  # fail on a bad judge name before loading or generating anything
-        from orthopatch.evaluate.judges import check_judge_name
-
-        check_judge_name(name)
-    prompt_sets(cfg)  # likewise for datasets, attack families and goal files
-    start = time.perf_counter()
-    model, tokenizer, info, patch_info = load_for_eval(cfg, model_and_tokenizer)
-    engine = None
-    if cfg.engine == "vllm":
-        from orthopatch.evaluate.vllm_engine import VLLMEngine
-
-        engine = VLLMEngine(info.path, tokenizer, cfg.patch, cfg.patch_scale)
-    results, samples = evaluate(model, tokenizer, cfg, progress=progress, engine=engine)
-    results["decoding"]["engine"] = cfg.engine
-    if patch_info is not None and model_and_tokenizer is not None:
-        model.unload()  # leave the caller's base model as it was given
-    record = {"format": FORMAT, "model": info.to_dict(), "patch": patch_info, **results,
-              "config": to_dict(cfg), "command": command, "libraries": library_versions(),
-              "wall_seconds": round(time.perf_counter() - start, 2)}
-    with atomic_dir(output, overwrite=overwrite) as tmp:
-        write_jsonl_atomic(tmp / SAMPLES, samples)
-        write_json_atomic(tmp / RESULTS, record)
+    check_prerequisites(cfg)
+    with output_lock(output):
+        start = time.perf_counter()
+        model, tokenizer, info, patch_info = load_for_eval(cfg, model_and_tokenizer)
+        engine = VLLMEngine(info.path, tokenizer, cfg.patch, cfg.patch_scale) if cfg.engine == "vllm" else None
+        results, samples = evaluate(model, tokenizer, cfg, progress=progress, engine=engine)
+        results["decoding"]["engine"] = cfg.engine
+        if patch_info is not None and model_and_tokenizer is not None:
+            model.unload()  # leave the caller's base model as it was given
+        record = {"format": FORMAT, "model": info.to_dict(), "patch": patch_info, **results,
+                  "config": to_dict(cfg), "command": command, "libraries": library_versions(),
+                  "wall_seconds": round(time.perf_counter() - start, 2)}
+        with atomic_dir(output, overwrite=overwrite) as tmp:
+            write_jsonl_atomic(tmp / SAMPLES, samples)
+            fault_point("eval-write")
+            write_json_atomic(tmp / RESULTS, record)
     return output, record

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from orthopatch.errors import UserError
+from orthopatch.models.generation import chat_prompt_ids
 
 
 class VLLMEngine:
@@ -34,7 +35,6 @@ class VLLMEngine:
     def generate(self, prompts: list[str], max_new_tokens: int) -> list[str]:
         from vllm import SamplingParams
 
-        from orthopatch.evaluate.generation import chat_prompt_ids
 
         requests = [{"prompt_token_ids": ids} for ids in chat_prompt_ids(self.tokenizer, prompts)]
         params = SamplingParams(temperature=0.0, max_tokens=max_new_tokens, skip_special_tokens=True)

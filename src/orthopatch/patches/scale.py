@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from peft.tuners.lora import LoraLayer
+
 
 def set_patch_scale(peft_model, scale: float, adapter_name: str | None = None) -> int:
     """Multiply the LoRA scaling of ``adapter_name`` (default: the active one) by ``scale``; return layers changed."""
-    from peft.tuners.lora import LoraLayer
-
     name = adapter_name or peft_model.active_adapter
     changed = 0
     for module in peft_model.modules():

@@ -14,39 +14,55 @@ exactly that:
 from __future__ import annotations
 
 import json
+import math
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
+from peft import PeftModel
+from safetensors.torch import load_file, save_file
 
+from orthopatch.analysis.deltas import WeightReader, alpha_for, lora_deltas
+from orthopatch.analysis.geometry import pairwise_overlap
 from orthopatch.errors import UserError
-from orthopatch.io import sha256_file
-from orthopatch.patches.manifest import MANIFEST, build_manifest, verify_patch
+from orthopatch.io import atomic_dir, check_new_output, sha256_file, write_json_atomic
+from orthopatch.models.loading import load_model, resolve_model_path
+from orthopatch.patches.manifest import (
+    MANIFEST,
+    apply_patch,
+    artifact_hashes,
+    attach_verified,
+    build_manifest,
+    verify_patch,
+)
+from orthopatch.patches.scale import set_patch_scale
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 
 def parse_patch_spec(spec: str) -> tuple[str, float]:
-    """``PATH`` or ``PATH@SCALE`` (a scale is a number; a path may itself contain '@')."""
+    """``PATH`` or ``PATH@SCALE`` (a scale is a finite number; a path may itself contain '@')."""
     path, at, scale = spec.rpartition("@")
-    if at:
-        try:
-            return path, float(scale)
-        except ValueError:
-            pass
-    return spec, 1.0
+    if not at or "/" in scale or Path(spec).exists():  # an @ inside a directory name
+        return spec, 1.0
+    try:
+        value = float(scale)
+    except ValueError:
+        raise UserError(f"the scale {scale!r} is not a number (give PATH or PATH@SCALE, e.g. patch@0.5)",
+                        path=spec, field="PATCH@SCALE") from None
+    if not math.isfinite(value):
+        raise UserError(f"the scale {scale!r} is not a finite number", path=spec, field="PATCH@SCALE")
+    return path, value
 
 
 def attach_patches(model, patches: list[tuple[str, float]], base_fingerprint: str, *,
                    allow_base_mismatch: bool = False):
     """Verify each patch, attach them all to ``model`` as active PEFT adapters ``patch0..`` with their scales;
     returns ``(peft_model, manifests)``. ``peft_model.unload()`` detaches them all."""
-    from peft import PeftModel
-
-    from orthopatch.patches.scale import set_patch_scale
-
     if not patches:
         raise UserError("no patch given")
     manifests = [verify_patch(path, base_fingerprint, allow_base_mismatch) for path, _ in patches]
@@ -55,15 +71,14 @@ def attach_patches(model, patches: list[tuple[str, float]], base_fingerprint: st
     for name, (path, _) in zip(names[1:], patches[1:], strict=True):
         peft_model.load_adapter(str(path), adapter_name=name, is_trainable=False)
     peft_model.base_model.set_adapter(names, inference_mode=True)
-    for name, (_, scale) in zip(names, patches, strict=True):
+    for name, (path, scale), manifest in zip(names, patches, manifests, strict=True):
         set_patch_scale(peft_model, scale, name)
+        attach_verified(peft_model, path, manifest, name)  # a gated patch acts only where its gate says
     peft_model.eval()
     return peft_model, manifests
 
 
 def _read_adapter(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    from safetensors.torch import load_file
-
     config = json.loads((path / ADAPTER_CONFIG).read_text(encoding="utf-8"))
     if config.get("peft_type", "LORA") != "LORA":
         raise UserError(f"only LoRA patches can be stacked (peft_type {config.get('peft_type')!r})",
@@ -77,8 +92,6 @@ def _read_adapter(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
 
 def stacked_factors(patches: list[tuple[str, float]]) -> tuple[dict[str, torch.Tensor], dict[str, Any], int]:
     """The concatenated LoRA factors (scaling 1) of ``patches``; returns (tensors, adapter config, total rank)."""
-    from orthopatch.analysis.deltas import _alpha_for
-
     adapters = [(_read_adapter(Path(path)), scale) for path, scale in patches]
     fan = {bool(config.get("fan_in_fan_out")) for (config, _), _ in adapters}
     if len(fan) > 1:
@@ -93,7 +106,7 @@ def stacked_factors(patches: list[tuple[str, float]]) -> tuple[dict[str, torch.T
             if f"{module}.lora_A.weight" in tensors:
                 A, B = tensors[f"{module}.lora_A.weight"], tensors[f"{module}.lora_B.weight"]
                 r = A.shape[0]
-                factor = scale * _alpha_for(module, config) / (r**0.5 if config.get("use_rslora") else r)
+                factor = scale * alpha_for(module, config) / (r**0.5 if config.get("use_rslora") else r)
                 # pad a module whose rank (rank_pattern) is below the patch's rank with zero directions
                 A = torch.cat([A, A.new_zeros(rank - r, A.shape[1])])
                 B = torch.cat([B * factor, B.new_zeros(B.shape[0], rank - r)], dim=1)
@@ -119,14 +132,18 @@ def stacked_factors(patches: list[tuple[str, float]]) -> tuple[dict[str, torch.T
 
 
 def stack_adapters(patches: list[tuple[str, float]], output: str | Path, *, base_fingerprint: str | None = None,
-                   allow_base_mismatch: bool = False, overwrite: bool = False, command: str | None = None) -> Path:
-    """Write one patch equal to W0 + Σ sᵢ·ΔWᵢ (a plain PEFT adapter + manifest) to ``output``."""
-    from safetensors.torch import save_file
-
-    from orthopatch.io import atomic_dir, check_new_output, write_json_atomic
-
+                   allow_base_mismatch: bool = False, overwrite: bool = False, command: str | None = None,
+                   unconditional: bool = False) -> Path:
+    """Write one patch equal to W0 + Σ sᵢ·ΔWᵢ (a plain PEFT adapter + manifest) to ``output``. A gated patch is
+    conditional, so it is refused unless ``unconditional`` (then its LoRA part counts as if always on)."""
     output = check_new_output(output, overwrite)
     manifests = [verify_patch(path, base_fingerprint, allow_base_mismatch) for path, _ in patches]
+    gated = [str(path) for (path, _), m in zip(patches, manifests, strict=True) if m.get("kind") == "gated-lora"]
+    if gated and not unconditional:
+        raise UserError("a gated patch acts only on the prompts its gate flags, so it is not one weight delta and "
+                        "cannot be stacked or merged into one; attach it live (orthopatch eval --patch, redteam "
+                        "start_patch), or pass --unconditional to use its LoRA part as if always on",
+                        path=gated[0])
     bases = {m["base"]["fingerprint"] for m in manifests}
     if len(bases) > 1 and not allow_base_mismatch:
         raise UserError("the patches were made for different bases; pass --allow-base-mismatch to stack them "
@@ -138,7 +155,8 @@ def stack_adapters(patches: list[tuple[str, float]], output: str | Path, *, base
         manifest = build_manifest(
             tmp, kind="lora", method="stack", base=manifests[0]["base"], command=command,
             stack=[{"path": str(path), "scale": scale, "base": m["base"]["fingerprint"],
-                    "adapter_sha256": m["files"][ADAPTER_WEIGHTS], "method": m.get("method")}
+                    "adapter_sha256": m["files"][ADAPTER_WEIGHTS], "method": m.get("method"),
+                    "gate_dropped": m.get("kind") == "gated-lora"}
                    for (path, scale), m in zip(patches, manifests, strict=True)],
             rank=total, base_mismatch_allowed=allow_base_mismatch and (
                 len(bases) > 1 or (base_fingerprint is not None and base_fingerprint not in bases)),
@@ -148,20 +166,18 @@ def stack_adapters(patches: list[tuple[str, float]], output: str | Path, *, base
 
 
 def merge_patches(patches: list[tuple[str, float]], output: str | Path, *, model: str | None = None,
-                  allow_base_mismatch: bool = False, overwrite: bool = False, command: str | None = None) -> Path:
+                  allow_base_mismatch: bool = False, overwrite: bool = False, command: str | None = None,
+                  unconditional: bool = False) -> Path:
     """Bake W0 + Σ sᵢ·ΔWᵢ into a standalone HF model directory (safetensors + tokenizer + manifest) that plain
     transformers (and vLLM) load without PEFT."""
-    import tempfile
-
-    from orthopatch.io import atomic_dir, check_new_output, write_json_atomic
-    from orthopatch.models.loading import load_model
-    from orthopatch.patches.manifest import apply_patch
-
     output = check_new_output(output, overwrite)
+    # on the CPU on purpose: merging needs one copy of the weights in memory and no accelerator (a 70B merge would not
+    # fit where it was served)
     base, tokenizer, info = load_model(model, device="cpu")
     with tempfile.TemporaryDirectory(prefix="orthopatch-stack-") as scratch:
         stacked = stack_adapters(patches, Path(scratch) / "stack", base_fingerprint=info.fingerprint,
-                                 allow_base_mismatch=allow_base_mismatch, command=command)
+                                 allow_base_mismatch=allow_base_mismatch, command=command,
+                                 unconditional=unconditional)
         stack_manifest = json.loads((stacked / MANIFEST).read_text(encoding="utf-8"))
         peft_model, _ = apply_patch(base, stacked, info.fingerprint, allow_base_mismatch=True)
         merged = peft_model.merge_and_unload()
@@ -208,10 +224,6 @@ here.
 
 def export_patch(patch: str | Path, output: str | Path, *, overwrite: bool = False) -> Path:
     """Copy a verified patch to ``output`` with a model card (README.md) for sharing, e.g. on the Hugging Face Hub."""
-    import yaml
-
-    from orthopatch.io import atomic_dir, check_new_output
-
     patch = Path(patch)
     manifest = verify_patch(patch)
     output = check_new_output(output, overwrite)
@@ -228,6 +240,9 @@ def export_patch(patch: str | Path, output: str | Path, *, overwrite: bool = Fal
         ("learning rate, epochs, seed", f"{config.get('lr')}, {config.get('epochs')}, {manifest.get('seed')}"),
         ("data", ", ".join(config.get("data") or []) or "-"),
         ("stacked from", ", ".join(f"{s['path']} x {s['scale']}" for s in manifest.get("stack", [])) or "-"),
+        ("gate", "a linear probe on the base's layer-{layer} hidden states ({pooling} pooling) decides per prompt "
+                 "whether the patch acts (gate.json, gate.safetensors); plain PEFT loading ignores it and applies "
+                 "the patch to every prompt".format(**manifest["gate"]) if manifest.get("gate") else "-"),
         ("cost", f"{cost.get('tokens_trained')} tokens, {cost.get('wall_seconds')} s, "
                  f"{cost.get('trainable_parameters')} trainable parameters" if cost else "-"),
         ("libraries", ", ".join(f"{k} {v}" for k, v in (manifest.get("libraries") or {}).items()
@@ -237,8 +252,6 @@ def export_patch(patch: str | Path, output: str | Path, *, overwrite: bool = Fal
                              method=manifest.get("method"), base_spec=base.get("spec"),
                              fingerprint=base.get("fingerprint"), how=how,
                              files="\n".join(f"| `{n}` | `{h}` |" for n, h in manifest["files"].items()))
-    from orthopatch.io import write_json_atomic
-    from orthopatch.patches.manifest import artifact_hashes
 
     with atomic_dir(output, overwrite=overwrite) as tmp:
         for name in manifest["files"]:
@@ -258,10 +271,6 @@ def diff_patches(patches: list[str], *, model: str | None = None, labels: list[s
     """Pairwise subspace overlap of patches' updates (mean over shared modules of MSO and the largest principal
     cosine, input and output sides, with the random-subspace MSO): 0 = orthogonal patches, 1 = the same
     directions. ``rank`` caps the directions compared (default: each update's own rank)."""
-    from orthopatch.analysis.deltas import WeightReader, lora_deltas
-    from orthopatch.analysis.run import pairwise_overlap
-    from orthopatch.models.loading import resolve_model_path
-
     if len(patches) < 2:
         raise UserError("give at least two patches to compare")
     labels = labels or [Path(p).name for p in patches]

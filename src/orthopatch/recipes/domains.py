@@ -14,6 +14,7 @@ examples): ``safety`` (AdvBench goals with refusal targets), ``knowledge`` (chat
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 import time
@@ -21,52 +22,56 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from orthopatch.config import EvalConfig, LoraSettings, TrainConfig
+from orthopatch.config import Placement, checked_run, make, num
+from orthopatch.data.registry import load_dataset
+from orthopatch.data.splits import get_split
 from orthopatch.errors import UserError
+from orthopatch.evaluate.config import EvalConfig
+from orthopatch.evaluate.metrics import answer_nll
+from orthopatch.evaluate.runner import evaluate
 from orthopatch.io import check_new_output, write_json_atomic
+from orthopatch.models.loading import load_model
+from orthopatch.patches.manifest import apply_patch, library_versions
+from orthopatch.recipes.analyze import AnalyzeConfig, analyze
+from orthopatch.train.config import LoraSettings, TrainConfig
+from orthopatch.train.run import train_patch
 
 DOMAINS: dict[str, list[str]] = {"safety": ["advbench"], "knowledge": ["trivia"], "technical": ["chatterbot_tech"]}
 DOMAIN_TEST = {"knowledge": "trivia", "technical": "chatterbot_tech"}  # held-out answers per domain
 
 
 @dataclass
-class DomainsConfig:
+class DomainsConfig(Placement):
     model: str | None = None
     output: str = "runs/domains"
     domains: list[str] = field(default_factory=lambda: list(DOMAINS))
-    max_examples: int = 64  # the same budget for every domain
-    epochs: int = 2
-    lr: float = 2e-4
+    max_examples: int = num(64, ge=1)  # the same budget for every domain
+    epochs: int = num(2, ge=1)
+    lr: float = num(2e-4, gt=0)
     lora: LoraSettings = field(default_factory=LoraSettings)
-    seed: int = 0
-    n_harmful: int = 32
-    n_benign: int = 24
-    n_trivia: int = 40
-    n_perplexity: int = 40
-    n_domain: int = 40
-    n_prompts: int = 16  # prompts per set for the functional geometry measures
-    max_new_tokens: int = 24
+    seed: int = num(0, ge=0)
+    n_harmful: int = num(32, ge=1)
+    n_benign: int = num(24, ge=2)
+    n_trivia: int = num(40, ge=1)
+    n_perplexity: int = num(40, ge=1)
+    n_domain: int = num(40, ge=1)
+    n_prompts: int = num(16, ge=1)  # prompts per set for the functional geometry measures
+    max_new_tokens: int = num(24, ge=1)
 
 
 def _eval_cfg(cfg: DomainsConfig) -> EvalConfig:
-    return EvalConfig(model=cfg.model, harmful=["harmbench"], n_harmful=cfg.n_harmful, attacks=[], sensitive=[],
-                      benign=["rho_overrefusal", "wsr_benign"], n_benign=cfg.n_benign // 2, trivia="trivia",
-                      n_trivia=cfg.n_trivia, gsm8k=None, fact_pairs=None, perplexity="book_cloze",
-                      n_perplexity=cfg.n_perplexity, kl=["rho_overrefusal"], n_kl=cfg.n_benign // 2, drift=False,
-                      max_new_tokens=cfg.max_new_tokens, device="cpu")
+    return EvalConfig.only(model=cfg.model, harmful=["harmbench"], n_harmful=cfg.n_harmful,
+                           benign=["rho_overrefusal", "wsr_benign"], n_benign=cfg.n_benign // 2, trivia="trivia",
+                           n_trivia=cfg.n_trivia, perplexity="book_cloze", n_perplexity=cfg.n_perplexity,
+                           kl=["rho_overrefusal"], n_kl=cfg.n_benign // 2, max_new_tokens=cfg.max_new_tokens,
+                           device=cfg.device, dtype=cfg.dtype)
 
 
 def held_out(domain: str, cfg: DomainsConfig):
-    from orthopatch.data.registry import load_dataset
-    from orthopatch.data.splits import get_split
-
     return get_split(load_dataset(DOMAIN_TEST[domain]), "test", 0, cfg.n_domain)
 
 
 def _measure(model, tokenizer, cfg: DomainsConfig) -> dict[str, Any]:
-    from orthopatch.evaluate.metrics import answer_nll
-    from orthopatch.evaluate.runner import evaluate
-
     results, _ = evaluate(model, tokenizer, _eval_cfg(cfg), progress=False)
     m = results["metrics"]
     row = {"harmful_refusal": m["harmful_refusal"]["harmbench"]["value"],
@@ -77,27 +82,24 @@ def _measure(model, tokenizer, cfg: DomainsConfig) -> dict[str, Any]:
     return row
 
 
+@checked_run
 def run_domains(cfg: DomainsConfig, *, overwrite: bool = False, echo=print) -> dict[str, Any]:
-    from orthopatch.analysis.run import AnalyzeConfig, analyze
-    from orthopatch.models.loading import load_model
-    from orthopatch.patches.manifest import apply_patch, library_versions
-    from orthopatch.train.sft import train_patch
-
     unknown = [d for d in cfg.domains if d not in DOMAINS]
     if unknown or "safety" not in cfg.domains:
         raise UserError(f"domains must include 'safety' and come from {', '.join(DOMAINS)}", field="domains")
     root = check_new_output(cfg.output, overwrite)
     root.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    loaded = load_model(cfg.model, device="cpu")
+    loaded = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
     base, tokenizer, info = loaded
     rows = {"base": _measure(base, tokenizer, cfg)}
     patches: dict[str, Path] = {}
     for domain in cfg.domains:
         echo(f"{domain}: training")
         patches[domain] = train_patch(
-            TrainConfig(model=cfg.model, output=str(root / domain), data=DOMAINS[domain], max_examples=cfg.max_examples,
-                        lora=cfg.lora, lr=cfg.lr, epochs=cfg.epochs, seed=cfg.seed, device="cpu"),
+            make(TrainConfig, model=cfg.model, output=str(root / domain), data=DOMAINS[domain],
+                 max_examples=cfg.max_examples, lora=cfg.lora, lr=cfg.lr, epochs=cfg.epochs, seed=cfg.seed,
+                 device=cfg.device, dtype=cfg.dtype),
             progress=False, model_and_tokenizer=loaded, overwrite=overwrite)
         echo(f"{domain}: evaluating")
         patched, _ = apply_patch(base, patches[domain], info.fingerprint)
@@ -105,7 +107,8 @@ def run_domains(cfg: DomainsConfig, *, overwrite: bool = False, echo=print) -> d
         patched.unload()
     echo("geometry of all patches")
     _, geometry = analyze(AnalyzeConfig(targets=[str(patches[d]) for d in cfg.domains], labels=list(cfg.domains),
-                                        base=cfg.model, output=str(root / "geometry"), n_prompts=cfg.n_prompts),
+                                        base=cfg.model, output=str(root / "geometry"), n_prompts=cfg.n_prompts,
+                                        device=cfg.device, dtype=cfg.dtype),
                           overwrite=overwrite, echo=lambda *_: None)
     table = summarise(rows, geometry, cfg.domains)
     record = {"format": "orthopatch-domains/1", "config": dataclasses.asdict(cfg), "model": info.to_dict(),
@@ -150,8 +153,6 @@ def summarise(rows: dict[str, dict], geometry: dict[str, Any], domains: list[str
 
 
 def _table_and_figure(root: Path, table: list[dict[str, Any]]) -> None:
-    import csv
-
     import matplotlib
 
     matplotlib.use("Agg")

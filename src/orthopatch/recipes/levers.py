@@ -4,7 +4,7 @@ Every lever is a set of :class:`TrainConfig` overrides on one base recipe (LoRA 
 2 epochs, the same AdvBench training goals). The study runs in two phases so that selection never reads test data:
 
 1. *Selection, validation data only.* Each lever's patch is trained, then dosed on AdvBench's validation goals and the
-   over-refusal sets' validation splits (:func:`orthopatch.patches.dose.select_scale`: the largest harmful refusal
+   over-refusal sets' validation splits (:func:`orthopatch.recipes.dose.select_scale`: the largest harmful refusal
    with over-refusal <= the base's + a tolerance). A ``combined`` candidate stacks the overrides of every lever that
    beat the naive recipe on validation. The best validation score names the preset, written to ``selection.json``
    (and ``preset.yaml``) before any test evaluation starts.
@@ -16,7 +16,9 @@ Outputs: ``levers.json``, ``levers.csv``, ``selection.json``, ``preset.yaml`` an
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import io
 import json
 import time
 from dataclasses import dataclass, field
@@ -25,9 +27,18 @@ from typing import Any
 
 import yaml
 
-from orthopatch.config import EvalConfig, LoraSettings, TrainConfig, to_dict
+from orthopatch.config import Placement, checked_run, flatten, make, num, to_dict
 from orthopatch.errors import UserError
-from orthopatch.io import claim_resumable_output, write_json_atomic, write_text_atomic
+from orthopatch.evaluate.config import EvalConfig
+from orthopatch.evaluate.runner import evaluate
+from orthopatch.io import write_json_atomic, write_text_atomic
+from orthopatch.patches.manifest import apply_patch, library_versions
+from orthopatch.patches.scale import set_patch_scale
+from orthopatch.recipes.analyze import AnalyzeConfig, analyze
+from orthopatch.recipes.dose import select_scale
+from orthopatch.recipes.resumable import open_resumable
+from orthopatch.train.config import LoraSettings, TrainConfig
+from orthopatch.train.run import train_patch
 
 ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]
 # Each lever alone (issue 7's list); "middle" layers are resolved against the model's depth at run time.
@@ -36,66 +47,64 @@ LEVERS: dict[str, dict[str, Any]] = {
     "up-proj-only": {"lora": {"target_modules": ["up_proj"]}},
     "attention-only": {"lora": {"target_modules": ATTENTION}},
     "middle-layers": {"lora": {"layers": "middle"}},
-    "ortho-project": {"ortho_project": True, "ortho_k": 32},
-    "ortho-penalty": {"ortho_weight": 10.0, "ortho_k": 32},
-    "retain-kl": {"retain": ["chatterbot_prompts"], "retain_weight": 10.0},
+    "ortho-project": {"ortho": {"project": True, "k": 32}},
+    "ortho-penalty": {"ortho": {"weight": 10.0, "k": 32}},
+    "retain-kl": {"retain": {"data": ["chatterbot_prompts"], "weight": 10.0}},
     "augment-templates": {"augment_templates": 0.5, "max_length": 512},
 }
 
 
 @dataclass
-class LeversConfig:
+class LeversConfig(Placement):
     model: str | None = None
     output: str = "runs/levers"
     levers: list[str] = field(default_factory=lambda: list(LEVERS))
     combine: bool = True
     # The base recipe every lever modifies.
     data: list[str] = field(default_factory=lambda: ["advbench"])
-    max_examples: int = 64
-    epochs: int = 2
-    lr: float = 2e-4
+    max_examples: int = num(64, ge=1)
+    epochs: int = num(2, ge=1)
+    lr: float = num(2e-4, gt=0)
     lora: LoraSettings = field(default_factory=LoraSettings)
-    seed: int = 0
+    seed: int = num(0, ge=0)
     # Selection (validation splits only).
     # Above 1 too: a lever that confines the patch (fewer modules) can leave it too weak at its trained scale.
-    scales: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75, 1.0, 1.5, 2.0])
-    tolerance: float = 0.05
-    n_val_harmful: int = 32
-    n_val_benign: int = 16  # per over-refusal set
+    scales: list[float] = num(factory=lambda: [0.25, 0.5, 0.75, 1.0, 1.5, 2.0], gt=0)
+    tolerance: float = num(0.05, ge=0, le=1)
+    n_val_harmful: int = num(32, ge=1)
+    n_val_benign: int = num(16, ge=1)  # per over-refusal set
     # Report (test splits).
-    n_harmful: int = 32
+    n_harmful: int = num(32, ge=1)
     attacks: list[str] = field(default_factory=lambda: ["prefix_injection", "refusal_suppression", "gcg",
                                                         "past_tense"])
-    n_attack: int = 16
-    n_benign: int = 24
-    n_trivia: int = 40
-    n_perplexity: int = 40
-    max_new_tokens: int = 24
+    n_attack: int = num(16, ge=1)
+    n_benign: int = num(24, ge=2)
+    n_trivia: int = num(40, ge=1)
+    n_perplexity: int = num(40, ge=1)
+    max_new_tokens: int = num(24, ge=1)
 
 
 def validation_config(cfg: LeversConfig) -> EvalConfig:
-    return EvalConfig(model=cfg.model, split="validation", harmful=["advbench"], n_harmful=cfg.n_val_harmful,
-                      benign=["rho_overrefusal", "wsr_benign"], n_benign=cfg.n_val_benign, attacks=[], sensitive=[],
-                      trivia=None, gsm8k=None, fact_pairs=None, perplexity=None, kl=[], drift=False,
-                      max_new_tokens=cfg.max_new_tokens, device="cpu")
+    return EvalConfig.only(model=cfg.model, split="validation", harmful=["advbench"], n_harmful=cfg.n_val_harmful,
+                           benign=["rho_overrefusal", "wsr_benign"], n_benign=cfg.n_val_benign,
+                           max_new_tokens=cfg.max_new_tokens, device=cfg.device, dtype=cfg.dtype)
 
 
 def test_config(cfg: LeversConfig) -> EvalConfig:
-    return EvalConfig(model=cfg.model, split="test", harmful=["harmbench"], n_harmful=cfg.n_harmful,
-                      attacks=cfg.attacks, n_attack=cfg.n_attack, sensitive=[],
-                      benign=["rho_overrefusal", "wsr_benign"], n_benign=cfg.n_benign // 2, trivia="trivia",
-                      n_trivia=cfg.n_trivia, gsm8k=None, fact_pairs=None, perplexity="book_cloze",
-                      n_perplexity=cfg.n_perplexity, kl=[], drift=False, max_new_tokens=cfg.max_new_tokens,
-                      device="cpu")
+    return EvalConfig.only(model=cfg.model, split="test", harmful=["harmbench"], n_harmful=cfg.n_harmful,
+                           attacks=cfg.attacks, n_attack=cfg.n_attack, benign=["rho_overrefusal", "wsr_benign"],
+                           n_benign=cfg.n_benign // 2, trivia="trivia", n_trivia=cfg.n_trivia,
+                           perplexity="book_cloze", n_perplexity=cfg.n_perplexity, max_new_tokens=cfg.max_new_tokens,
+                           device=cfg.device, dtype=cfg.dtype)
 
 
 def train_config(cfg: LeversConfig, overrides: dict[str, Any], output: Path, n_layers: int) -> TrainConfig:
-    lora = {**dataclasses.asdict(cfg.lora), **overrides.get("lora", {})}
-    if lora.get("layers") == "middle":  # the middle third of the stack (Xue et al.: middle layers carry safety)
-        lora["layers"] = list(range(n_layers // 3, 2 * n_layers // 3))
-    rest = {k: v for k, v in overrides.items() if k != "lora"}
-    return TrainConfig(model=cfg.model, output=str(output), data=cfg.data, max_examples=cfg.max_examples,
-                       lr=cfg.lr, epochs=cfg.epochs, seed=cfg.seed, device="cpu", lora=LoraSettings(**lora), **rest)
+    flat = dict(flatten(overrides))
+    if flat.get("lora.layers") == "middle":  # the middle third of the stack (Xue et al.: middle layers carry safety)
+        flat["lora.layers"] = list(range(n_layers // 3, 2 * n_layers // 3))
+    return make(TrainConfig, model=cfg.model, output=str(output), data=cfg.data, max_examples=cfg.max_examples,
+                lr=cfg.lr, epochs=cfg.epochs, seed=cfg.seed, device=cfg.device, dtype=cfg.dtype, lora=cfg.lora,
+                **flat)
 
 
 def score(dose: dict[str, Any]) -> tuple:
@@ -119,76 +128,68 @@ def report_scale(dose: dict[str, Any]) -> float:
 
 
 def combine(chosen: list[str], levers: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Merge the overrides of ``chosen`` (best first); a lever that sets a key an earlier one set is left out
-    (e.g. two different target-module choices, or both orthogonality variants' ``ortho_k``)."""
+    """Merge the overrides of ``chosen`` (best first) into one flat mapping of dotted keys; a lever that sets a key an
+    earlier one set is left out (e.g. two different target-module choices, or both orthogonality variants' ``k``)."""
     merged: dict[str, Any] = {}
     for name in chosen:
-        flat = {(f"lora.{k}" if key == "lora" else key): v for key, value in levers[name].items()
-                for k, v in (value.items() if key == "lora" else [(key, value)])}
+        flat = dict(flatten(levers[name]))
         if not set(flat) & set(merged):
             merged.update(flat)
-    out = {k: v for k, v in merged.items() if not k.startswith("lora.")}
-    lora = {k.removeprefix("lora."): v for k, v in merged.items() if k.startswith("lora.")}
-    return {**out, "lora": lora} if lora else out
+    return merged
 
 
-TRAINING_KEYS = ("model", "data", "max_examples", "epochs", "lr", "lora", "seed")
+TRAINING_KEYS = ("model", "data", "max_examples", "epochs", "lr", "lora", "seed", "dtype")
 
 
 def _training_identity(config: dict[str, Any]) -> dict[str, Any]:
     return {k: config.get(k) for k in TRAINING_KEYS}
 
 
+@checked_run
 def run_levers(cfg: LeversConfig, *, echo=print) -> dict[str, Any]:
     """Phase 1 trains and selects on validation data; phase 2 evaluates every candidate on test data."""
-    from orthopatch.analysis.run import AnalyzeConfig, analyze
-    from orthopatch.evaluate.runner import evaluate
-    from orthopatch.models.loading import load_model
-    from orthopatch.patches.dose import select_scale
-    from orthopatch.patches.manifest import apply_patch, library_versions
-    from orthopatch.patches.scale import set_patch_scale
-    from orthopatch.train.sft import train_patch
-
     unknown = [name for name in cfg.levers if name not in LEVERS]
     if unknown or "naive" not in cfg.levers:
         raise UserError(f"levers must include 'naive' and come from {', '.join(LEVERS)}", field="levers")
-    root = Path(cfg.output)
-    root.mkdir(parents=True, exist_ok=True)
     # A rerun reuses finished patches, so only into a study with the same training settings (selection and report
     # settings may change: they are recomputed).
-    claim_resumable_output(root / "levers_config.json", dataclasses.asdict(cfg), _training_identity,
-                           "this directory holds a lever study with other training settings; choose another --output")
-    start = time.perf_counter()
-    loaded = load_model(cfg.model, device="cpu")
-    base, tokenizer, info = loaded
-    n_layers = int(base.config.num_hidden_layers)
+    root, start, loaded = open_resumable(cfg, "levers_config.json", _training_identity, "this directory holds a "
+                                         "lever study with other training settings; choose another --output")
+    selected, selection = select_lever(cfg, root, loaded, echo)
+    return report_levers(cfg, root, loaded, selected, selection, start, echo)
+
+
+def prepare_lever(cfg: LeversConfig, root: Path, loaded: tuple, name: str, overrides: dict[str, Any],
+                  echo) -> dict[str, Any]:
+    """Train (once: a finished patch is reused) and dose one candidate on validation data."""
+    patch = root / name / "patch"
+    train_cfg = train_config(cfg, overrides, patch, int(loaded[0].config.num_hidden_layers))
+    manifest = patch / "orthopatch.json"
+    wanted = json.loads(json.dumps(to_dict(train_cfg)))  # as the manifest stores it
+    if not manifest.is_file() or json.loads(manifest.read_text(encoding="utf-8"))["config"] != wanted:
+        echo(f"{name}: training")  # new, or its lever was redefined since: (re)train
+        train_patch(train_cfg, progress=False, model_and_tokenizer=loaded, overwrite=True)
+    echo(f"{name}: choosing the scale on validation data")
+    dose = select_scale(patch, cfg.scales, tolerance=cfg.tolerance, cfg=validation_config(cfg),
+                        model_and_tokenizer=loaded, stop_at_infeasible=True)
+    write_json_atomic(root / name / "dose.json", dose)
+    cost = json.loads((patch / "orthopatch.json").read_text(encoding="utf-8"))["cost"]
+    return {"lever": name, "overrides": overrides, "train_config": to_dict(train_cfg), "dose": dose,
+            "score": list(score(dose)), "cost": cost}
+
+
+def select_lever(cfg: LeversConfig, root: Path, loaded: tuple, echo) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Phase 1 (validation only): every lever, and the union of those that beat the naive one; the choice is
+    written (selection.json, preset.yaml) before phase 2 starts."""
     candidates: dict[str, dict[str, Any]] = {name: LEVERS[name] for name in cfg.levers}
-
-    def prepare(name: str) -> dict[str, Any]:
-        """Train (once: a finished patch is reused) and dose one candidate on validation data."""
-        patch = root / name / "patch"
-        train_cfg = train_config(cfg, candidates[name], patch, n_layers)
-        manifest = patch / "orthopatch.json"
-        wanted = json.loads(json.dumps(to_dict(train_cfg)))  # as the manifest stores it
-        if not manifest.is_file() or json.loads(manifest.read_text(encoding="utf-8"))["config"] != wanted:
-            echo(f"{name}: training")  # new, or its lever was redefined since: (re)train
-            train_patch(train_cfg, progress=False, model_and_tokenizer=loaded, overwrite=True)
-        echo(f"{name}: choosing the scale on validation data")
-        dose = select_scale(patch, cfg.scales, tolerance=cfg.tolerance, cfg=validation_config(cfg),
-                            model_and_tokenizer=loaded, stop_at_infeasible=True)
-        write_json_atomic(root / name / "dose.json", dose)
-        cost = json.loads((patch / "orthopatch.json").read_text(encoding="utf-8"))["cost"]
-        return {"lever": name, "overrides": candidates[name], "train_config": to_dict(train_cfg), "dose": dose,
-                "score": list(score(dose)), "cost": cost}
-
-    selected = {name: prepare(name) for name in candidates}
+    selected = {name: prepare_lever(cfg, root, loaded, name, candidates[name], echo) for name in candidates}
     if cfg.combine:
         naive = tuple(selected["naive"]["score"])
         better = sorted((n for n in selected if n != "naive" and tuple(selected[n]["score"]) > naive),
                         key=lambda n: tuple(selected[n]["score"]), reverse=True)
         if len(better) >= 2:
             candidates["combined"] = combine(better, LEVERS)
-            selected["combined"] = prepare("combined")
+            selected["combined"] = prepare_lever(cfg, root, loaded, "combined", candidates["combined"], echo)
             selected["combined"]["from"] = better
     best = max(selected, key=lambda n: tuple(selected[n]["score"]))
     chosen_scale = selected[best]["dose"]["chosen_scale"]
@@ -201,8 +202,13 @@ def run_levers(cfg: LeversConfig, *, echo=print) -> dict[str, Any]:
                            if k not in ("model", "output", "device")}, "inference_scale": chosen_scale},
         sort_keys=False))
     echo(f"selected on validation data: {best} at scale {chosen_scale}")
+    return selected, selection
 
-    # Phase 2: the test-split report (selection is fixed above).
+
+def report_levers(cfg: LeversConfig, root: Path, loaded: tuple, selected: dict[str, Any],
+                  selection: dict[str, Any], start: float, echo) -> dict[str, Any]:
+    """Phase 2: every candidate once on test splits at its chosen scale, with the geometry of its update."""
+    base, tokenizer, info = loaded
     rows = []
     base_results, _ = evaluate(base, tokenizer, test_config(cfg), progress=False)
     rows.append({"lever": "base", "scale": None, **_metrics(base_results)})
@@ -239,6 +245,8 @@ def run_levers(cfg: LeversConfig, *, echo=print) -> dict[str, Any]:
     return record
 
 
+
+
 def _metrics(results: dict[str, Any]) -> dict[str, Any]:
     m = results["metrics"]
     return {"harmful_refusal": m["harmful_refusal"]["harmbench"]["value"],
@@ -258,9 +266,6 @@ def meets_target(row: dict[str, Any], base: dict[str, Any]) -> dict[str, bool]:
 
 
 def _csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    import csv
-    import io
-
     columns = [c for c in rows[-1] if c != "meets_target"] + ["meets_target"]
     buffer = io.StringIO()
     writer = csv.writer(buffer)

@@ -27,16 +27,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from orthopatch.config import EvalConfig, LoraSettings, TrainConfig
+from peft import PeftModel
+
+from orthopatch.config import Placement, checked_run, make, num
 from orthopatch.data.refusals import with_refusals
 from orthopatch.data.registry import load_dataset, records_hash
 from orthopatch.data.splits import get_split
 from orthopatch.errors import UserError
 from orthopatch.evaluate.attacks import get_family
-from orthopatch.evaluate.generation import chat_prompt_ids, generate
+from orthopatch.evaluate.config import EvalConfig
 from orthopatch.evaluate.judges import get_judge
 from orthopatch.evaluate.runner import evaluate
 from orthopatch.io import check_new_output, write_json_atomic
+from orthopatch.models.generation import chat_prompt_ids, generate
+from orthopatch.models.loading import load_model
+from orthopatch.patches.manifest import library_versions, read_manifest, verify_patch
+from orthopatch.patches.stack import attach_patches, diff_patches
+from orthopatch.train.config import LoraSettings, TrainConfig
+from orthopatch.train.run import train_patch
 
 MODES = ("stack", "merge", "continue", "full-dpo")
 # One entry per round; later entries are longer prompts (slower rounds on a CPU).
@@ -46,33 +54,36 @@ PROMPT_TOKENS = 1024  # attack prompts longer than this are skipped and counted 
 
 
 @dataclass
-class RedteamConfig:
+class RedteamConfig(Placement):
     model: str | None = None
     output: str = "runs/redteam"
-    rounds: int = 3
+    rounds: int = num(3, ge=1)
     modes: list[str] = field(default_factory=lambda: ["stack", "merge", "full-dpo"])
     schedule: list[list[str]] = field(default_factory=lambda: [list(s) for s in SCHEDULE])
     goals: str = "advbench"  # red-team goals, train split, a fresh slice each round
-    n_goals: int = 24
-    n_eval_goals: int = 16  # held-out goals (HarmBench test split) per family for measurement
-    n_benign: int = 24
-    n_trivia: int = 30
-    n_perplexity: int = 40
-    max_new_tokens: int = 24
+    n_goals: int = num(24, ge=1)
+    n_eval_goals: int = num(16, ge=1)  # held-out goals (HarmBench test split) per family for measurement
+    n_benign: int = num(24, ge=2)
+    n_trivia: int = num(30, ge=1)
+    n_perplexity: int = num(40, ge=1)
+    max_new_tokens: int = num(24, ge=1)
     judge: str = "strmatch-refusal"
     lora: LoraSettings = field(default_factory=LoraSettings)
-    lr: float = 2e-4
-    dpo_lr: float = 5e-6
-    epochs: int = 2
-    seed: int = 0
+    lr: float = num(2e-4, gt=0)
+    dpo_lr: float = num(5e-6, gt=0)
+    epochs: int = num(2, ge=1)
+    seed: int = num(0, ge=0)
+    # Red-team a patched model instead of the base: round 0 is the base with this patch. A gated patch stays live
+    # (with its gate) in every round's model, so it can only be stacked on (mode stack).
+    start_patch: str | None = None
 
 
 def _eval_cfg(cfg: RedteamConfig, families: list[str]) -> EvalConfig:
-    return EvalConfig(model=cfg.model, harmful=[], attacks=families, attack_goals="harmbench",
-                      n_attack=cfg.n_eval_goals, sensitive=[], benign=["rho_overrefusal", "wsr_benign"],
-                      n_benign=cfg.n_benign // 2, trivia="trivia", n_trivia=cfg.n_trivia, gsm8k=None,
-                      fact_pairs=None, perplexity="book_cloze", n_perplexity=cfg.n_perplexity, kl=[], drift=False,
-                      max_new_tokens=cfg.max_new_tokens, attack_max_tokens=PROMPT_TOKENS, judge=cfg.judge, device="cpu")
+    return EvalConfig.only(model=cfg.model, attacks=families, attack_goals="harmbench", n_attack=cfg.n_eval_goals,
+                           benign=["rho_overrefusal", "wsr_benign"], n_benign=cfg.n_benign // 2, trivia="trivia",
+                           n_trivia=cfg.n_trivia, perplexity="book_cloze", n_perplexity=cfg.n_perplexity,
+                           max_new_tokens=cfg.max_new_tokens, attack_max_tokens=PROMPT_TOKENS, judge=cfg.judge,
+                           device=cfg.device, dtype=cfg.dtype)
 
 
 def _summary(results: dict[str, Any], rounds: list[list[str]], k: int) -> dict[str, Any]:
@@ -118,42 +129,57 @@ def _attack(model, tokenizer, cfg: RedteamConfig, families: list[str], k: int) -
 
 def _train(mode: str, cfg: RedteamConfig, complied: list, model, tokenizer, base_info, out: Path,
            previous: Path | None, round_index: int) -> Path:
-    from orthopatch.train.sft import train_patch
-
     records = with_refusals([r for r, _ in complied], cfg.seed)
     provenance = {"sources": [{"name": "redteam round prompts", "n": len(records)}], "decontaminated": 0,
                   "n_examples": len(records), "records_sha256": records_hash(records), "split_seed": 0}
     method = "full-dpo" if mode == "full-dpo" else "lora-sft"
-    train_cfg = TrainConfig(model=cfg.model, output=str(out), method=method, data=["redteam"], lora=cfg.lora,
-                            # a new seed per round: with one seed every round's LoRA A starts from the same random
-                            # matrix, and the patches' input subspaces coincide by construction (seen: MSO 0.998)
-                            lr=cfg.dpo_lr if method == "full-dpo" else cfg.lr, epochs=cfg.epochs,
-                            seed=cfg.seed + 1000 * round_index,
-                            max_length=PROMPT_TOKENS + 128,
-                            device="cpu", checkpoint_every=0, dpo_rejected_tokens=cfg.max_new_tokens,
-                            init_patch=str(previous) if mode == "continue" and previous else None)
+    train_cfg = make(TrainConfig, model=cfg.model, output=str(out), method=method, data=["redteam"], lora=cfg.lora,
+                     # a new seed per round: with one seed every round's LoRA A starts from the same random matrix,
+                     # and the patches' input subspaces coincide by construction (seen: MSO 0.998)
+                     lr=cfg.dpo_lr if method == "full-dpo" else cfg.lr, epochs=cfg.epochs,
+                     seed=cfg.seed + 1000 * round_index, max_length=PROMPT_TOKENS + 128, device=cfg.device,
+                     dtype=cfg.dtype, checkpoint_every=0, dpo={"rejected_tokens": cfg.max_new_tokens},
+                     init_patch=str(previous) if mode == "continue" and previous else None)
     return train_patch(train_cfg, progress=False, model_and_tokenizer=(model, tokenizer, base_info),
                        records=(records, provenance))
 
 
 def _merged(model, patches: list[Path]):
-    """A plain copy of ``model`` with ``patches`` (LoRA, scale 1) merged into its weights."""
-    from peft import PeftModel
-
+    """A plain copy of ``model`` with ``patches`` (LoRA, scale 1) merged into its weights. A gated patch is left out:
+    it is conditional, and its gate is off on the prompts that got through it, which are what the next patch
+    trains on."""
     merged = copy.deepcopy(model)
     for patch in patches:
-        merged = PeftModel.from_pretrained(merged, str(patch)).merge_and_unload()
+        if read_manifest(patch).get("kind") != "gated-lora":
+            merged = PeftModel.from_pretrained(merged, str(patch)).merge_and_unload()
     return merged.eval()
 
 
-def run_mode(mode: str, cfg: RedteamConfig, loaded: tuple, root: Path, base_row: dict, echo=print) -> list[dict]:
-    from orthopatch.models.loading import load_model
-    from orthopatch.patches.stack import attach_patches, diff_patches
+def _start(mode: str, cfg: RedteamConfig, loaded: tuple) -> tuple[Any, list[Path]]:
+    """Round 0's model and patches: the base, or the base with ``start_patch``."""
+    base, _, info = loaded
+    if not cfg.start_patch:
+        return base, []
+    start = Path(cfg.start_patch)
+    if mode in ("stack", "continue"):
+        return attach_patches(copy.deepcopy(base), [(str(start), 1.0)], info.fingerprint)[0], [start]
+    return _merged(base, [start]), []
 
+
+def check_start_patch(cfg: RedteamConfig, fingerprint: str) -> None:
+    if not cfg.start_patch:
+        return
+    manifest = verify_patch(cfg.start_patch, fingerprint)
+    if manifest.get("kind") == "gated-lora" and set(cfg.modes) != {"stack"}:
+        raise UserError("a gated start patch stays live with its gate, so it can only be stacked on: use modes "
+                        "[stack]", field="modes")
+
+
+def run_mode(mode: str, cfg: RedteamConfig, loaded: tuple, root: Path, base_row: dict, echo=print) -> list[dict]:
     base, tokenizer, info = loaded
     rounds = cfg.schedule[: cfg.rounds]
-    rows, patches = [base_row], []
-    current = base  # the model the next round attacks (and trains on, except for stack/continue's bookkeeping)
+    rows = [base_row]
+    current, patches = _start(mode, cfg, loaded)  # the model the next round attacks
     for k in range(1, cfg.rounds + 1):
         start = time.perf_counter()
         complied, attack = _attack(current, tokenizer, cfg, rounds[k - 1], k)
@@ -166,7 +192,7 @@ def run_mode(mode: str, cfg: RedteamConfig, loaded: tuple, root: Path, base_row:
             trained = _train(mode, cfg, complied, train_on, tokenizer, info, out / "patch",
                              patches[-1] if patches else None, k)
         if trained is not None and mode == "full-dpo":
-            current = load_model(str(trained), device="cpu")[0]
+            current = load_model(str(trained), device=cfg.device, dtype=cfg.dtype)[0]
         elif trained is not None and mode == "merge":
             current = _merged(current, [trained])
         elif trained is not None and mode == "stack":
@@ -202,10 +228,8 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}%"
 
 
+@checked_run
 def run_redteam(cfg: RedteamConfig, *, overwrite: bool = False, echo=print) -> dict[str, Any]:
-    from orthopatch.models.loading import load_model
-    from orthopatch.patches.manifest import library_versions
-
     unknown = [m for m in cfg.modes if m not in MODES]
     if unknown:
         raise UserError(f"unknown mode {unknown[0]!r}; choose from {', '.join(MODES)}", field="modes")
@@ -219,8 +243,10 @@ def run_redteam(cfg: RedteamConfig, *, overwrite: bool = False, echo=print) -> d
     root = check_new_output(cfg.output, overwrite)
     root.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    loaded = load_model(cfg.model, device="cpu")
-    base_results, _ = evaluate(loaded[0], loaded[1], _eval_cfg(cfg, [f for r in rounds for f in r]),
+    loaded = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
+    check_start_patch(cfg, loaded[2].fingerprint)
+    start_model = _start(cfg.modes[0], cfg, loaded)[0]
+    base_results, _ = evaluate(start_model, loaded[1], _eval_cfg(cfg, [f for r in rounds for f in r]),
                                progress=False)
     base_row = {"mode": "base", "round": 0, **_summary(base_results, rounds, 0)}
     echo(f"round 0 (base): ASR over all rounds' families {_fmt(base_row['asr_all'])}, over-refusal "

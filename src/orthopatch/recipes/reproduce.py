@@ -20,24 +20,33 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from orthopatch.config import Placement, checked_run, num
 from orthopatch.errors import UserError
+from orthopatch.evaluate.judge_validation import validate_judges
 from orthopatch.io import write_json_atomic
+from orthopatch.recipes.analyze import AnalyzeConfig, analyze
+from orthopatch.recipes.domains import DomainsConfig, run_domains
+from orthopatch.recipes.redteam import RedteamConfig, run_redteam
+from orthopatch.recipes.selective import SelectiveConfig, run_selective
+from orthopatch.recipes.sweep import SweepConfig, run_sweep
+from orthopatch.report.reproduce_report import build_report
 
 PRESETS = ("small", "paper")
 
 
 @dataclass
-class ReproduceConfig:
+class ReproduceConfig(Placement):
     model: str | None = None
     output: str = "runs/reproduce"
     preset: str = "small"
-    steps: list[str] = dataclasses.field(default_factory=lambda: ["sweep", "geometry", "redteam", "domains",
-                                                                  "judges"])
+    steps: list[str] = dataclasses.field(default_factory=lambda: ["sweep", "geometry", "selective", "redteam",
+                                                                  "domains", "judges"])
     # Sub-configs as overrides of each step's defaults (YAML mappings), e.g. {"max_examples": 32}.
     sweep: dict = dataclasses.field(default_factory=dict)
     redteam: dict = dataclasses.field(default_factory=dict)
     domains: dict = dataclasses.field(default_factory=dict)
-    geometry_prompts: int = 16
+    selective: dict = dataclasses.field(default_factory=dict)
+    geometry_prompts: int = num(16, ge=1)
 
 
 def _sub(cls, base: dict[str, Any], overrides: dict[str, Any]):
@@ -49,42 +58,36 @@ def _sub(cls, base: dict[str, Any], overrides: dict[str, Any]):
 
 
 def step_configs(cfg: ReproduceConfig, root: Path):
-    from orthopatch.recipes.domains import DomainsConfig
-    from orthopatch.recipes.redteam import RedteamConfig
-    from orthopatch.recipes.sweep import SweepConfig
-
     if cfg.preset not in PRESETS:
         raise UserError(f"unknown preset {cfg.preset!r}; choose {', '.join(PRESETS)}", field="preset")
     bigger = cfg.preset == "paper"  # for GPUs: whole training splits and larger evaluations
-    sweep = _sub(SweepConfig, {"model": cfg.model, "output": str(root / "sweep"), "preset": "paper-small",
+    placed = {"model": cfg.model, "device": cfg.device, "dtype": cfg.dtype}
+    sweep = _sub(SweepConfig, {**placed, "output": str(root / "sweep"), "preset": "paper-small",
                                **({"max_examples": 364, "n_harmful": 200, "n_attack": 50, "n_benign": 80,
                                    "n_trivia": 78, "n_perplexity": 400} if bigger else {})}, cfg.sweep)
     # The small preset leaves out the merge mode: merging reproduces stacking to float precision (tests/test_redteam,
     # test_patch_ops), so on a CPU it would spend a third of the step re-measuring the same numbers.
-    redteam = _sub(RedteamConfig, {"model": cfg.model, "output": str(root / "redteam"),
+    redteam = _sub(RedteamConfig, {**placed, "output": str(root / "redteam"),
                                    **({"rounds": 5, "n_goals": 64, "n_eval_goals": 50} if bigger
                                       else {"modes": ["stack", "full-dpo"]})},
                    cfg.redteam)
-    domains = _sub(DomainsConfig, {"model": cfg.model, "output": str(root / "domains"),
+    domains = _sub(DomainsConfig, {**placed, "output": str(root / "domains"),
                                    **({"max_examples": 128} if bigger else {})}, cfg.domains)
-    return sweep, redteam, domains
+    selective = _sub(SelectiveConfig, {**placed, "output": str(root / "selective"),
+                                       **({"n_attack": 50} if bigger else {})}, cfg.selective)
+    return sweep, redteam, domains, selective
 
 
+@checked_run
 def run_reproduce(cfg: ReproduceConfig, *, echo=print, command: str | None = None) -> dict[str, Any]:
-    from orthopatch.analysis.run import AnalyzeConfig, analyze
-    from orthopatch.evaluate.judge_validation import validate_judges
-    from orthopatch.recipes.domains import run_domains
-    from orthopatch.recipes.redteam import run_redteam
-    from orthopatch.recipes.sweep import run_sweep
-
-    unknown = sorted(set(cfg.steps) - {"sweep", "geometry", "redteam", "domains", "judges"})
+    unknown = sorted(set(cfg.steps) - {"sweep", "geometry", "selective", "redteam", "domains", "judges"})
     if unknown:
         raise UserError(f"unknown step {unknown[0]!r}", field="steps")
     if "geometry" in cfg.steps and "sweep" not in cfg.steps:
         raise UserError("the geometry step analyses the sweep's patches: keep 'sweep' in steps", field="steps")
     root = Path(cfg.output)
     root.mkdir(parents=True, exist_ok=True)
-    sweep_cfg, redteam_cfg, domains_cfg = step_configs(cfg, root)
+    sweep_cfg, redteam_cfg, domains_cfg, selective_cfg = step_configs(cfg, root)
     start = time.perf_counter()
     done: dict[str, Any] = {}
     timings: dict[str, float] = {}
@@ -110,9 +113,11 @@ def run_reproduce(cfg: ReproduceConfig, *, echo=print, command: str | None = Non
         if lora is None or full is None:
             raise UserError("the sweep has no safety-only LoRA rank-8 and full-SFT cells to analyse", path=cells)
         analyze(AnalyzeConfig(targets=[str(lora), str(full)], labels=["lora", "full"], base=cfg.model,
-                              output=str(root / "geometry"), n_prompts=cfg.geometry_prompts), echo=echo)
+                              output=str(root / "geometry"), n_prompts=cfg.geometry_prompts, device=cfg.device,
+                              dtype=cfg.dtype), echo=echo)
 
     step("geometry", root / "geometry" / "geometry.json", geometry)
+    step("selective", root / "selective" / "selective.json", lambda: run_selective(selective_cfg, echo=echo))
     step("redteam", root / "redteam" / "redteam.json", lambda: run_redteam(redteam_cfg, overwrite=True, echo=echo))
     step("domains", root / "domains" / "domains.json", lambda: run_domains(domains_cfg, overwrite=True, echo=echo))
     step("judges", root / "judges.json", lambda: write_json_atomic(root / "judges.json", validate_judges()))
@@ -121,10 +126,10 @@ def run_reproduce(cfg: ReproduceConfig, *, echo=print, command: str | None = Non
     results = {"format": "orthopatch-reproduce/1", "config": dataclasses.asdict(cfg), "command": command,
                "claims": claims, "steps": {k: str(v) for k, v in {
                    "sweep": root / "sweep", "geometry": root / "geometry", "redteam": root / "redteam",
-                   "domains": root / "domains", "judges": root / "judges.json"}.items() if k in done},
+                   "domains": root / "domains", "judges": root / "judges.json",
+                   "selective": root / "selective"}.items() if k in done},
                "step_seconds_this_run": timings, "wall_seconds_this_run": round(time.perf_counter() - start, 1)}
     write_json_atomic(root / "results.json", results)
-    from orthopatch.report.reproduce_report import build_report
 
     build_report(root, cfg, done, claims, command)
     return results

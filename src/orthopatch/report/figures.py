@@ -85,3 +85,36 @@ def geometry_figures(results: dict[str, Any], out: Path) -> list[Path]:
 def _largest_k(row: dict[str, Any]) -> str:
     numeric = [k for k in row["k"] if k != "r"]
     return max(numeric, key=int) if numeric else "r"
+
+
+def frontier_figure(curves: dict[str, list[tuple[float, float, str]]], chosen: dict[str, tuple[float, float]],
+                    path: Path, title: str) -> Path:
+    """Harmful refusal against over-refusal, one line per recipe over its dose or gate threshold (each point
+    labelled), the operating point each recipe ships with marked; saved as PNG with the CSV of every point."""
+    import matplotlib  # deferred: matplotlib's import is slow and needs its Agg backend set first
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    for name, points in curves.items():
+        ordered = sorted(points)
+        line, = ax.plot([p[0] for p in ordered], [p[1] for p in ordered], marker=".", label=name)
+        if name in chosen:
+            ax.scatter(*chosen[name], s=120, marker="*", color=line.get_color(), zorder=5)
+    ax.set_xlabel("over-refusal (benign-sensitive prompts refused)")
+    ax.set_ylabel("harmful refusal (held-out HarmBench)")
+    ax.set_xlim(-0.02, 1.02)
+    ax.set_ylim(-0.02, 1.02)
+    ax.plot([0, 0], [0.95, 1.0], color="green", linewidth=6, alpha=0.3, label="target region (top left)")
+    ax.legend(fontsize=7, loc="lower right")
+    ax.set_title(title, fontsize=9)
+    fig.savefig(path.with_suffix(".png"), dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    with open(path.with_suffix(".csv"), "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["recipe", "over_refusal", "harmful_refusal", "setting", "shipped"])
+        for name, points in curves.items():
+            for over, refusal, setting in points:
+                writer.writerow([name, over, refusal, setting, chosen.get(name) == (over, refusal)])
+    return path.with_suffix(".png")

@@ -13,6 +13,8 @@ from typing import Any
 
 from jinja2 import Environment, select_autoescape
 
+from orthopatch.io import write_text_atomic
+
 _TEMPLATE = """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{{ title }}</title>
 <style>
@@ -94,8 +96,6 @@ def render(title: str, sections: list[Section], intro: list[str] = ()) -> str:
 
 
 def write_report(path: str | Path, title: str, sections: list[Section], intro: list[str] = ()) -> Path:
-    from orthopatch.io import write_text_atomic
-
     path = Path(path)
     write_text_atomic(path, render(title, sections, intro))
     return path

@@ -4,6 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich.console import Console
+from rich.table import Table
+
+
+def render(table: Table, width: int = 140) -> str:
+    """A rich table as plain text (no terminal codes): for printing, logs and files alike."""
+    console = Console(width=width, record=True, force_terminal=False)
+    with console.capture() as capture:
+        console.print(table)
+    return capture.get()
+
 
 def _pct(metric: dict | None) -> str:
     if not metric:
@@ -67,9 +78,6 @@ def metric_rows(results: dict[str, Any]) -> list[tuple[str, str, float | None]]:
 
 def side_by_side(columns: dict[str, dict[str, Any]], title: str = "orthopatch") -> str:
     """Render several results records as one table (rows = metrics, columns = runs); returns the text."""
-    from rich.console import Console
-    from rich.table import Table
-
     table = Table(title=title, show_lines=False)
     table.add_column("metric")
     rendered = {name: dict((label, text) for label, text, _ in metric_rows(res)) for name, res in columns.items()}
@@ -80,17 +88,11 @@ def side_by_side(columns: dict[str, dict[str, Any]], title: str = "orthopatch") 
         table.add_column(name, justify="right")
     for label in labels:
         table.add_row(label, *(rendered[name].get(label, "-") for name in columns))
-    console = Console(width=140, record=True, force_terminal=False)
-    with console.capture() as capture:
-        console.print(table)
-    return capture.get()
+    return render(table)
 
 
 def geometry_table(results: dict[str, Any]) -> str:
     """Overall means per target: orthogonality with random baselines, magnitudes, functional measures."""
-    from rich.console import Console
-    from rich.table import Table
-
     table = Table(title="orthopatch analyze (means over modules; random-subspace value in brackets)")
     table.add_column("measure")
     targets = results["targets"]
@@ -114,7 +116,49 @@ def geometry_table(results: dict[str, Any]) -> str:
             table.add_row(f"hidden shift {which}, mean over layers (relative, last token)",
                           *(f"{sum(r['last_relative'] for r in e['hidden_shift'][which]) / len(e['hidden_shift'][which]):.4g}"
                             for e in targets.values()))
-    console = Console(width=160, record=True, force_terminal=False)
-    with console.capture() as capture:
-        console.print(table)
-    return capture.get()
+    return render(table, width=160)
+
+
+def judge_validation_table(report: dict[str, Any]) -> str:
+    data = report["data"]
+    table = Table(title=f"judge agreement with PyRIT human refusal labels: held-out {data['split']} split, "
+                        f"n={data['n_used']} ({data['n_refusal']} refusals)")
+    for column in ("judge", "accuracy [95% CI]", "F1", "precision", "recall"):
+        table.add_column(column, justify="left" if column == "judge" else "right")
+    for name, entry in report["judges"].items():
+        if "skipped" in entry:
+            table.add_row(name, entry["skipped"], "", "", "")
+            continue
+        acc = entry["accuracy"]
+        table.add_row(name, f"{acc['value']:.3f} [{acc['ci95'][0]:.2f}-{acc['ci95'][1]:.2f}]", f"{entry['f1']:.3f}",
+                      f"{entry['precision']:.3f}", f"{entry['recall']:.3f}")
+    return render(table)
+
+
+def sweep_table(summary: dict[str, Any]) -> str:
+    table = Table(title="orthopatch sweep (held-out HarmBench; over-refusal on benign-sensitive prompts)")
+    columns = [("cell", "id"), ("refusal", "harmful_refusal"), ("jailbreak ASR", "jailbreak_asr_mean"),
+               ("over-refusal", "over_refusal"), ("trivia", "trivia"), ("ppl", "perplexity"),
+               ("train s", "train_seconds"), ("peak MB", "peak_memory_mb"), ("trainable", "trainable_parameters"),
+               ("MB on disk", "size_on_disk_mb")]
+    for title, _ in columns:
+        table.add_column(title, justify="left" if title == "cell" else "right")
+    for row in [summary["base"], *summary["rows"]]:
+        cells = []
+        for _, key in columns:
+            value = row.get(key)
+            if value is None:
+                cells.append("-")
+            elif key in ("harmful_refusal", "jailbreak_asr_mean", "over_refusal", "trivia"):
+                cells.append(f"{100 * value:.1f}%")
+            elif isinstance(value, float):
+                cells.append(f"{value:.2f}")
+            else:
+                cells.append(str(value))
+        table.add_row(*cells)
+    target = summary["cost_to_target"]
+    return render(table, width=160) + (
+        f"target ({target['rule']}): LoRA safety-only met={target['lora_safety_only']['met']} in "
+        f"{target['lora_safety_only']['train_seconds']:.0f} s; full-parameter ratio search met by "
+        f"{target['full_ratio_search']['met_by'] or 'none'} after {target['full_ratio_search']['train_seconds']:.0f} "
+        "s of training")

@@ -17,12 +17,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from orthopatch.errors import UserError
 
 STATE = "state.json"
 TENSORS = "tensors.safetensors"
+# Checkpoints of earlier formats (before the training components: other config layout) are refused, not guessed at.
+FORMAT = "orthopatch-checkpoint/2"
 
 
 def checkpoint_root(output: Path) -> Path:
@@ -55,7 +58,7 @@ def save(root: Path, step: int, *, key: str, model, optimizer, scheduler, progre
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
     try:
         save_file(tensors, str(tmp / TENSORS))
-        state = {"key": key, "step": step, "optimizer_param_groups": opt_state["param_groups"],
+        state = {"format": FORMAT, "key": key, "step": step, "optimizer_param_groups": opt_state["param_groups"],
                  "optimizer_scalars": scalars, "scheduler": scheduler.state_dict(), **progress}
         (tmp / STATE).write_text(json.dumps(state), encoding="utf-8")
         final = root / f"step-{step:06d}"
@@ -70,27 +73,40 @@ def save(root: Path, step: int, *, key: str, model, optimizer, scheduler, progre
 
 
 def load(root: Path, key: str, overwrite: bool) -> tuple[dict[str, Any], dict[str, torch.Tensor]] | None:
-    """The latest checkpoint's state and tensors, None if there is none; a foreign one is an error unless
-    ``overwrite`` (then it is discarded)."""
+    """The latest checkpoint's state and tensors, None if there is none. A checkpoint of another run, of an older
+    format, or damaged (truncated, corrupt) is an error naming it, unless ``overwrite`` (then it is discarded); it is
+    never half-loaded."""
     path = latest(root)
     if path is None:
         return None
-    state = json.loads((path / STATE).read_text(encoding="utf-8"))
-    if state.get("key") != key:
-        if overwrite:
-            shutil.rmtree(root, ignore_errors=True)
-            return None
-        raise UserError("a checkpoint of a different run (other config, base or data) is in the way; pass "
-                        "--overwrite to discard it", path=root)
-    return state, load_file(str(path / TENSORS))
+    problem = None
+    try:
+        state = json.loads((path / STATE).read_text(encoding="utf-8"))
+        tensors = load_file(str(path / TENSORS))
+    except (OSError, ValueError, SafetensorError) as error:
+        problem = f"is damaged or truncated ({type(error).__name__}); it cannot be resumed"
+    else:
+        if not isinstance(state, dict) or state.get("format") != FORMAT:
+            problem = (f"was written by another orthopatch version (format {state.get('format') if isinstance(state, dict) else None!r}, "
+                       f"this one reads {FORMAT!r}); it cannot be resumed")
+        elif state.get("key") != key:
+            problem = "belongs to a different run (other config, base or data)"
+    if problem is None:
+        return state, tensors
+    if overwrite:
+        shutil.rmtree(root, ignore_errors=True)
+        return None
+    raise UserError(f"the checkpoint in the way {problem}; pass --overwrite to discard it and start over", path=path)
 
 
 def restore(state: dict[str, Any], tensors: dict[str, torch.Tensor], *, model, optimizer, scheduler) -> None:
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for key, value in tensors.items():
-            if key.startswith("param/"):
-                params[key.removeprefix("param/")].copy_(value)
+    """Put a checkpoint back, after checking that it holds exactly this model's trainable weights with the same
+    shapes (a mismatch is an error before anything is copied)."""
+    params = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    saved = {key.removeprefix("param/"): value for key, value in tensors.items() if key.startswith("param/")}
+    if set(saved) != set(params) or any(saved[n].shape != params[n].shape for n in params):
+        raise UserError("the checkpoint does not hold this model's trainable weights (another model or adapter "
+                        "layout); pass --overwrite to discard it")
     opt_state: dict[int, dict[str, Any]] = {}
     for key, value in tensors.items():
         if key.startswith("optim/"):
@@ -98,6 +114,9 @@ def restore(state: dict[str, Any], tensors: dict[str, torch.Tensor], *, model, o
             opt_state.setdefault(int(index), {})[name] = value
     for index, scalars in state["optimizer_scalars"].items():
         opt_state.setdefault(int(index), {}).update(scalars)
+    with torch.no_grad():
+        for name, value in saved.items():
+            params[name].copy_(value)
     optimizer.load_state_dict({"state": opt_state, "param_groups": state["optimizer_param_groups"]})
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(tensors["rng/torch"])

@@ -16,50 +16,46 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 
 from orthopatch.analysis.deltas import ModuleDelta, WeightReader, read_deltas
-from orthopatch.analysis.geometry import Factors, empirical_baselines, module_geometry, top_singular
+from orthopatch.analysis.functional import hidden_shift, interference
+from orthopatch.analysis.geometry import (
+    Factors,
+    empirical_baselines,
+    mean_or_nan,
+    module_geometry,
+    pairwise_overlap,
+)
+from orthopatch.analysis.spectra import cached_top_singular
+from orthopatch.config import Placement, checked_run, num
+from orthopatch.data.registry import load_dataset
+from orthopatch.data.splits import get_split
 from orthopatch.errors import UserError
+from orthopatch.evaluate.attacks import ATTACKS, drop_too_long
 from orthopatch.io import atomic_dir, write_json_atomic
-from orthopatch.models.embedded import cache_root
-from orthopatch.models.loading import fingerprint, resolve_model_path
+from orthopatch.models.loading import fingerprint, load_model, resolve_model_path
+from orthopatch.models.probes import auroc
+from orthopatch.patches.gate import gate_scores, gates_of
+from orthopatch.patches.manifest import apply_patch, verify_patch
+from orthopatch.report.figures import geometry_figures
 
 
 @dataclass
-class AnalyzeConfig:
+class AnalyzeConfig(Placement):
     targets: list[str] = field(default_factory=list)  # LoRA patch directories and/or fine-tuned model directories
     labels: list[str] | None = None
     base: str | None = None  # the base model (default: the embedded SmolLM2)
     output: str = "runs/analysis"
-    ks: list[int] = field(default_factory=lambda: [32, 128])  # W0 subspace sizes, besides k = r
-    rank: int = 8  # ΔW directions compared for a full fine-tuning update (LoRA: its own rank)
+    ks: list[int] = num(factory=lambda: [32, 128], ge=1)  # W0 subspace sizes, besides k = r
+    rank: int = num(8, ge=1)  # ΔW directions compared for a full fine-tuning update (LoRA: its own rank)
     functional: bool = True
-    n_prompts: int = 24
-    baseline_samples: int = 32
+    n_prompts: int = num(24, ge=1)
+    baseline_samples: int = num(32, ge=1)
     allow_base_mismatch: bool = False
 
 
 SCALARS = ("fro", "spectral", "relative_fro", "stable_rank", "significant_singular_values", "interference",
            "update_response")
-
-
-def cached_top_singular(base_fp: str, name: str, W0: torch.Tensor, k: int) -> Factors:
-    """W0's top-k singular triplets, cached per base fingerprint (they are reused by every patch of that base)."""
-    path = cache_root() / "geometry" / base_fp[:16] / f"{name}.k{k}.safetensors"
-    if path.is_file():
-        t = load_file(str(path))
-        return Factors(t["U"], t["S"], t["V"])
-    factors = top_singular(W0, k)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({"U": factors.U.contiguous(), "S": factors.S.contiguous(), "V": factors.V.contiguous()}, str(tmp))
-    tmp.replace(path)
-    return factors
-
-
-def _mean(values: list[float]) -> float:
-    return sum(values) / len(values) if values else float("nan")
 
 
 def summarise(modules: list[dict[str, Any]]) -> dict[str, Any]:
@@ -82,7 +78,7 @@ def summarise(modules: list[dict[str, Any]]) -> dict[str, Any]:
                             flat[f"k={k_name}/random_{rkey}"].append(rvalue)
                     elif not isinstance(value, list):  # the full cosine lists stay per module
                         flat[f"k={k_name}/{key}"].append(value)
-        out[group] = {key: _mean(values) for key, values in sorted(flat.items())}
+        out[group] = {key: mean_or_nan(values) for key, values in sorted(flat.items())}
         out[group]["n_modules"] = len(rows)
     return out
 
@@ -114,60 +110,49 @@ def geometry_of(target: str, base: WeightReader, base_fp: str, cfg: AnalyzeConfi
 
 def functional_measures(target: str, kind: str, base_spec: str | None, deltas: list[ModuleDelta],
                         base_fp: str, cfg: AnalyzeConfig) -> dict[str, Any]:
-    from orthopatch.analysis.functional import hidden_shift, interference
-    from orthopatch.data.registry import load_dataset
-    from orthopatch.data.splits import get_split
-    from orthopatch.evaluate.attacks import ATTACKS, drop_too_long
-    from orthopatch.models.loading import load_model
-    from orthopatch.patches.manifest import apply_patch
-
     n = cfg.n_prompts
     benign = [r.prompt for r in get_split(load_dataset("rho_overrefusal"), "test", limit=n)]
     goals = get_split(load_dataset("harmbench"), "test", limit=n)
     jailbreak, skipped = drop_too_long(ATTACKS["pyrit_top_level"].build(goals, "test", 0, None), 1500)
 
-    base_model, tokenizer, info = load_model(base_spec, device="cpu")
+    base_model, tokenizer, info = load_model(base_spec, device=cfg.device, dtype=cfg.dtype)
     V0 = {d.name: cached_top_singular(base_fp, d.name, d.W0, max(sorted({cfg.rank, *cfg.ks}))).V[:, :d.delta.S.numel()
                                                                                                 if kind == "lora"
                                                                                                 else cfg.rank]
           for d in deltas}
     interfere = interference(base_model, tokenizer, benign, deltas, V0)
+    gate = None
     if kind == "lora":
         patched, _ = apply_patch(base_model, target, info.fingerprint, allow_base_mismatch=cfg.allow_base_mismatch)
         shift_b = hidden_shift(patched, patched, tokenizer, benign, base_context=patched.disable_adapter)
         shift_j = hidden_shift(patched, patched, tokenizer, [r.prompt for r in jailbreak],
                                base_context=patched.disable_adapter)
+        gate = gate_separation(patched, tokenizer, benign, [r.prompt for r in jailbreak])
     else:
-        tuned, _, _ = load_model(target, device="cpu")
+        tuned, _, _ = load_model(target, device=cfg.device, dtype=cfg.dtype)
         shift_b = hidden_shift(base_model, tuned, tokenizer, benign)
         shift_j = hidden_shift(base_model, tuned, tokenizer, [r.prompt for r in jailbreak])
-    return {"interference": interfere, "hidden_shift": {"benign": shift_b, "jailbreak": shift_j},
+    return {"interference": interfere, "hidden_shift": {"benign": shift_b, "jailbreak": shift_j}, "gate": gate,
             "prompts": {"benign": "rho_overrefusal/test", "benign_n": len(benign), "jailbreak_n": len(jailbreak),
                         "jailbreak": "harmbench/test x pyrit top_level templates (test split)",
                         "jailbreak_skipped_too_long": skipped}}
 
 
-def pairwise_overlap(factors: dict[str, dict[str, Factors]], rank: int) -> dict[str, dict[str, float]]:
-    """Cross-target overlap (stacked or successive patches): per pair, the mean over shared modules of MSO and the
-    largest principal cosine between the two updates' top-r subspaces, with the random-subspace MSO."""
-    from orthopatch.analysis.geometry import cross_overlap
-
-    labels = list(factors)
-    out = {}
-    for i, a in enumerate(labels):
-        for b in labels[i + 1:]:
-            shared = sorted(set(factors[a]) & set(factors[b]))
-            rows = [cross_overlap(factors[a][m], factors[b][m], rank) for m in shared]
-            if rows:
-                out[f"{a} vs {b}"] = {key: _mean([row[key] for row in rows]) for key in rows[0]} | \
-                    {"n_modules": len(rows)}
-    return out
+def gate_separation(model, tokenizer, benign: list[str], jailbreak: list[str]) -> dict[str, Any] | None:
+    """A gated patch's gate on the analysis prompts: the share of each set it flags, and its ROC AUC (jailbreak
+    prompts against benign ones). The geometry above is its LoRA part's."""
+    runtimes = gates_of(model)
+    if not runtimes:
+        return None
+    runtime = runtimes[0]
+    b, j = (torch.tensor(gate_scores(runtime, tokenizer, prompts)) for prompts in (benign, jailbreak))
+    return {"layer": runtime.gate.layer, "threshold": runtime.gate.threshold, "auroc": auroc(j, b),
+            "flagged_benign": float((b >= runtime.gate.threshold).float().mean()) if len(b) else None,
+            "flagged_jailbreak": float((j >= runtime.gate.threshold).float().mean()) if len(j) else None}
 
 
+@checked_run
 def analyze(cfg: AnalyzeConfig, *, overwrite: bool = False, echo=print) -> tuple[Path, dict[str, Any]]:
-    from orthopatch.patches.manifest import verify_patch
-    from orthopatch.report.figures import geometry_figures
-
     if not cfg.targets:
         raise UserError("give at least one patch or model directory to analyse")
     labels = cfg.labels or [Path(t).name for t in cfg.targets]
@@ -194,6 +179,8 @@ def analyze(cfg: AnalyzeConfig, *, overwrite: bool = False, echo=print) -> tuple
             for row in modules:
                 row.update(func["interference"].get(row["name"], {}))
             entry["hidden_shift"] = func["hidden_shift"]
+            if func["gate"] is not None:
+                entry["gate"] = func["gate"]
             entry["functional_prompts"] = func["prompts"]
         entry["summary"] = summarise(modules)
         results["targets"][label] = entry

@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 
 import torch
+from tqdm.auto import tqdm
 
 
 def chat_prompt_ids(tokenizer, prompts: list[str]) -> list[list[int]]:
@@ -34,8 +35,6 @@ def left_pad(rows: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, 
 def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int = 32, batch_size: int = 16,
              progress: bool = False, desc: str = "generate") -> list[str]:
     """Greedy chat completions for ``prompts``, returned in input order."""
-    from tqdm.auto import tqdm
-
     ids = chat_prompt_ids(tokenizer, prompts)
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]), reverse=True)
     out: list[str] = [""] * len(ids)

@@ -8,18 +8,27 @@ AdvBench's validation split (HarmBench is test-only), benign ones from the over-
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from orthopatch.config import EvalConfig
+from orthopatch.config import num
+from orthopatch.evaluate.config import EvalConfig
 from orthopatch.evaluate.runner import evaluate
 from orthopatch.io import atomic_dir, write_json_atomic
+from orthopatch.models.loading import load_model
 from orthopatch.patches.manifest import apply_patch
 from orthopatch.patches.scale import set_patch_scale
 
-VALIDATION = EvalConfig(split="validation", harmful=["advbench"], benign=["rho_overrefusal", "wsr_benign"],
-                        attacks=[], sensitive=[], trivia=None, gsm8k=None, fact_pairs=None, perplexity=None, kl=[],
-                        drift=False, n_harmful=64, n_benign=32, max_new_tokens=24)
+
+@dataclass
+class DoseSettings:
+    scales: list[float] = num(factory=lambda: [0.25, 0.5, 0.75, 1.0], gt=0)
+    tolerance: float = num(0.05, ge=0, le=1)  # allowed over-refusal above the base's
+
+
+VALIDATION = EvalConfig.only(split="validation", harmful=["advbench"], benign=["rho_overrefusal", "wsr_benign"],
+                             n_harmful=64, n_benign=32, max_new_tokens=24)
 
 
 def _rates(results: dict[str, Any], harmful: str) -> tuple[float, float]:
@@ -35,11 +44,9 @@ def select_scale(patch: str | Path, scales: list[float], *, model: str | None = 
 
     ``stop_at_infeasible`` saves evaluations by assuming over-refusal grows with the scale: the first scale over the
     tolerance ends the search (recorded in the output)."""
-    from orthopatch.models.loading import load_model
-
     if cfg.split != "validation":
         raise ValueError("scale selection reads validation data only")
-    model_obj, tokenizer, info = model_and_tokenizer or load_model(model, device=cfg.device)
+    model_obj, tokenizer, info = model_and_tokenizer or load_model(model, device=cfg.device, dtype=cfg.dtype)
     harmful = cfg.harmful[0]
     base_results, _ = evaluate(model_obj, tokenizer, cfg, progress=progress)
     base_refusal, base_over = _rates(base_results, harmful)

@@ -1,0 +1,5 @@
+import sys
+
+from orthopatch.cli import main
+
+sys.exit(main())

@@ -1,0 +1,254 @@
+"""The gate of a selective patch: a linear probe on the frozen base's hidden states of a prompt decides, per prompt,
+whether the patch acts. Prompts it passes run on the unmodified base, so their answers are the base's by
+construction; flagged prompts get the patch.
+
+On disk (inside the patch directory, hashed by the manifest like the adapter): ``gate.safetensors`` (the probe's
+weight and the feature standardisation) and ``gate.json`` (layer, pooling, threshold, and how it was fitted).
+
+At run time a gate is two kinds of hook on a PEFT model (:func:`attach_gate`): a pre-hook on the transformers model
+decides, whenever a new sequence starts (no cache yet: a prefill, or any plain forward call), from the base's hidden
+state at ``layer`` (the adapters switched off, the forward stopped right after that layer), and hooks on the
+adapter's ``lora_B`` modules multiply each row's update by its 0/1 decision. So gated and ungated prompts share one
+batch in ``generate`` and in every metric's forward pass, a gate-off row computes exactly the base's numbers, and
+any number of gated and ungated patches can be attached side by side. PEFT's own per-row routing
+(``adapter_names=``) gives each row one adapter, which cannot express a gated patch stacked with ungated ones.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft.tuners.lora import LoraLayer
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from orthopatch.errors import UserError
+from orthopatch.io import read_json, write_json_atomic
+from orthopatch.models.generation import chat_prompt_ids, left_pad
+
+GATE_WEIGHTS = "gate.safetensors"
+GATE_CONFIG = "gate.json"
+GATE_FORMAT = "orthopatch-gate/1"
+POOLINGS = ("last", "mean")
+
+
+@dataclass
+class Gate:
+    layer: int  # hidden state index: the output of decoder layer ``layer - 1`` (1 .. number of layers - 1)
+    pooling: str  # "last": the last attended token; "mean": the mean over attended tokens
+    threshold: float  # on the probe's logit: at or above it the patch acts
+    weight: torch.Tensor  # (hidden,), on standardised features
+    bias: float
+    mean: torch.Tensor  # feature standardisation (hidden,)
+    scale: torch.Tensor
+    info: dict[str, Any] = field(default_factory=dict)  # how it was fitted: data, selection, validation metrics
+
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        z = (features.float() - self.mean.to(features.device)) / self.scale.to(features.device)
+        return z @ self.weight.to(features.device) + self.bias
+
+    def save(self, directory: Path) -> None:
+        save_file({"weight": self.weight.contiguous(), "mean": self.mean.contiguous(),
+                   "scale": self.scale.contiguous()}, str(directory / GATE_WEIGHTS), metadata={"format": "pt"})
+        write_json_atomic(directory / GATE_CONFIG, {"format": GATE_FORMAT, "layer": self.layer,
+                                                    "pooling": self.pooling, "threshold": self.threshold,
+                                                    "bias": self.bias, **self.info})
+
+    @classmethod
+    def load(cls, directory: str | Path) -> Gate:
+        """Read and check a gate; anything malformed is a UserError naming the file and field."""
+        directory = Path(directory)
+        config_path, weights_path = directory / GATE_CONFIG, directory / GATE_WEIGHTS
+        if not weights_path.is_file():
+            raise UserError("missing: a gated patch needs its gate files", path=weights_path)
+        config = read_json(config_path, "missing: a gated patch needs its gate files")
+        check_gate_config(config, config_path)
+        try:
+            tensors = load_file(str(weights_path))
+        except (SafetensorError, OSError, ValueError) as error:
+            raise UserError(f"not a readable safetensors file ({type(error).__name__})", path=weights_path) from None
+        for key in ("weight", "mean", "scale"):
+            tensor = tensors.get(key)
+            if tensor is None or tensor.dim() != 1 or not torch.isfinite(tensor).all():
+                raise UserError("must hold a finite vector", path=weights_path, field=key)
+        if not tensors["weight"].shape == tensors["mean"].shape == tensors["scale"].shape or \
+                not bool((tensors["scale"] > 0).all()):
+            raise UserError("weight, mean and scale must have one length and scale must be positive",
+                            path=weights_path, field="scale")
+        info = {k: v for k, v in config.items() if k not in ("format", "layer", "pooling", "threshold", "bias")}
+        return cls(config["layer"], config["pooling"], float(config["threshold"]), tensors["weight"].float(),
+                   float(config["bias"]), tensors["mean"].float(), tensors["scale"].float(), info)
+
+
+def gate_summary(gate: Gate) -> dict[str, Any]:
+    """What a manifest says of a gate (the full record, with every candidate, is in gate.json)."""
+    return {"layer": gate.layer, "pooling": gate.pooling, "threshold": gate.threshold, "l2": gate.info.get("l2"),
+            "validation": gate.info.get("validation"), "fitted_on": gate.info.get("fitted_on"),
+            "files": [GATE_CONFIG, GATE_WEIGHTS]}
+
+
+def check_gate_config(config: Any, path: Path) -> None:
+    if not isinstance(config, dict) or config.get("format") != GATE_FORMAT:
+        raise UserError(f"unsupported gate format (expected {GATE_FORMAT})", path=path, field="format")
+    layer = config.get("layer")
+    if not isinstance(layer, int) or isinstance(layer, bool) or layer < 1:
+        raise UserError("must be a layer index >= 1", path=path, field="layer")
+    if config.get("pooling") not in POOLINGS:
+        raise UserError(f"must be one of {', '.join(POOLINGS)}", path=path, field="pooling")
+    for key in ("threshold", "bias"):
+        value = config.get(key)
+        if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
+            raise UserError("must be a finite number", path=path, field=key)
+
+
+def decoder_layers(model) -> torch.nn.ModuleList:
+    """The model's stack of decoder layers (``model.layers`` in Llama/Qwen, ``transformer.h`` in GPT-2, ...)."""
+    n = getattr(model.config, "num_hidden_layers", None) or getattr(model.config, "n_layer", None)
+    for module in model.modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) == n:
+            return module
+    raise UserError(f"cannot find the decoder layers of {type(model).__name__} (looked for a list of {n} layers)")
+
+
+class _Stop(Exception):
+    """Raised by a hook right after the deepest layer a probe needs: the rest of the forward pass is not run."""
+
+
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
+    if pooling == "mean":
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+    last = attention_mask.shape[1] - 1 - attention_mask.flip(1).long().argmax(1)  # the last attended position
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+
+
+@torch.no_grad()
+def layer_features(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, layers: list[int]
+                   ) -> dict[int, torch.Tensor]:
+    """Hidden states (batch, tokens, hidden) after each of ``layers``, from one forward pass that stops after the
+    deepest of them (``model`` is the plain transformers model, or a PEFT model with its adapters switched off)."""
+    stack = decoder_layers(model)
+    if not layers or min(layers) < 1 or max(layers) >= len(stack):
+        raise UserError(f"gate layers must lie in 1..{len(stack) - 1}", field="layer")
+    captured: dict[int, torch.Tensor] = {}
+
+    def capture(index: int):
+        def hook(_module, _inputs, output):
+            captured[index] = (output[0] if isinstance(output, tuple) else output).float()
+            if index == max(layers):
+                raise _Stop
+        return hook
+
+    handles = [stack[index - 1].register_forward_hook(capture(index)) for index in sorted(set(layers))]
+    try:
+        model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    except _Stop:
+        pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    return captured
+
+
+class GateRuntime:
+    """One gated adapter on one PEFT model: decides per row at the start of each sequence, masks the update."""
+
+    def __init__(self, peft_model, adapter_name: str, gate: Gate) -> None:
+        self.peft_model, self.adapter_name, self.gate = peft_model, adapter_name, gate
+        self.mask: torch.Tensor | None = None
+        self.scores: torch.Tensor | None = None
+        self._deciding = False
+        inner = peft_model.get_base_model()
+        self.handles = [inner.register_forward_pre_hook(self._decide, with_kwargs=True)]
+        for module in peft_model.modules():
+            if isinstance(module, LoraLayer) and adapter_name in module.lora_B:
+                self.handles.append(module.lora_B[adapter_name].register_forward_hook(self._apply))
+        if len(self.handles) == 1:
+            raise UserError(f"the gated adapter {adapter_name!r} has no LoRA layers on this model")
+
+    def decide(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The probe's logits for a batch of sequences (the base's hidden states: every adapter switched off)."""
+        self._deciding = True
+        try:
+            with self.peft_model.disable_adapter():
+                hidden = layer_features(model, input_ids, attention_mask, [self.gate.layer])[self.gate.layer]
+        finally:
+            self._deciding = False
+        return self.gate.logits(pool(hidden, attention_mask, self.gate.pooling))
+
+    def _decide(self, module, args, kwargs):
+        if self._deciding:
+            return None
+        input_ids = kwargs.get("input_ids", args[0] if args else None)
+        if input_ids is None:
+            raise UserError("a gated patch needs input_ids (it reads the prompt's tokens), not inputs_embeds")
+        attention = kwargs.get("attention_mask")
+        cache = kwargs.get("past_key_values")
+        cached = cache is not None and (cache.get_seq_length() if hasattr(cache, "get_seq_length") else len(cache))
+        if cached or (attention is not None and attention.shape[-1] != input_ids.shape[1]):
+            if self.mask is None or self.mask.shape[0] != input_ids.shape[0]:
+                raise RuntimeError("gated patch: a cached decoding step without the gate decision of its prefill")
+            return None  # a decoding step (earlier tokens in the cache): the decision of the prefill stands
+        if attention is None:
+            attention = torch.ones_like(input_ids)
+        self.scores = self.decide(module, input_ids, attention)
+        self.mask = self.scores >= self.gate.threshold
+        return None
+
+    def _apply(self, _module, _inputs, output: torch.Tensor) -> torch.Tensor:
+        if self.mask is None or self.mask.shape[0] != output.shape[0]:
+            raise RuntimeError("gated patch: the update's batch does not match the gate's decision")
+        return output * self.mask.to(output.dtype).view(-1, *([1] * (output.dim() - 1)))
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
+
+
+def attach_gate(peft_model, adapter_name: str, gate: Gate) -> GateRuntime:
+    """Make ``adapter_name`` act only on prompts the gate flags. ``peft_model.unload()`` removes the gate with the
+    adapters; ``merge_and_unload()`` is refused (a conditional patch is not a weight delta)."""
+    runtime = GateRuntime(peft_model, adapter_name, gate)
+    runtimes = peft_model.__dict__.setdefault("_orthopatch_gates", [])
+    if not runtimes:
+        unload, merge = peft_model.unload, peft_model.merge_and_unload
+
+        def unload_with_gates(*args, **kwargs):
+            for each in peft_model.__dict__.pop("_orthopatch_gates", []):
+                each.remove()
+            return unload(*args, **kwargs)
+
+        def refuse_merge(*args, **kwargs):
+            raise UserError("a gated patch is conditional, not a weight delta: it cannot be merged into the base "
+                            "(orthopatch patch merge --unconditional merges its LoRA part as if always on)")
+
+        peft_model.__dict__["unload"], peft_model.__dict__["merge_and_unload"] = unload_with_gates, refuse_merge
+        del merge
+    runtimes.append(runtime)
+    return runtime
+
+
+@torch.no_grad()
+def gate_scores(runtime: GateRuntime, tokenizer, prompts: list[str], batch_size: int = 16) -> list[float]:
+    """The gate's logit for each chat-formatted prompt, exactly as generation would compute it."""
+    ids = chat_prompt_ids(tokenizer, prompts)
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]), reverse=True)
+    inner = runtime.peft_model.get_base_model()
+    device = next(inner.parameters()).device
+    out = [0.0] * len(ids)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start:start + batch_size]
+        input_ids, attention = left_pad([ids[i] for i in chunk], tokenizer.pad_token_id, device)
+        for index, score in zip(chunk, runtime.decide(inner, input_ids, attention).tolist(), strict=True):
+            out[index] = score
+    return out
+
+
+def gates_of(model) -> list[GateRuntime]:
+    """The gates attached to a model (none for a plain model or an ungated patch)."""
+    return list(getattr(model, "__dict__", {}).get("_orthopatch_gates", []))

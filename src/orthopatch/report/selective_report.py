@@ -1,0 +1,83 @@
+"""The selective study's outputs: ``selective.csv`` and ``selective.md`` (one row per method family, the targets
+met point by point, training cost), and the frontier figures (validation and test) with their CSVs; and the
+section the reproduction report shows."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+from typing import Any
+
+from orthopatch.io import write_text_atomic
+from orthopatch.report.figures import frontier_figure
+from orthopatch.report.html import Figure, Section, Table, cell
+
+COLUMNS = [("family", "family"), ("setting", "setting"), ("HarmBench refusal", "harmful_refusal"),
+           ("over-refusal (rho+wsr)", "over_refusal"), ("mean jailbreak ASR", "jailbreak_asr_mean"),
+           ("look-alike over-refusal", "lookalike_over_refusal"), ("trivia", "trivia"), ("perplexity", "perplexity"),
+           ("benign answers as the base's", "benign_identical_to_base"), ("train + gate s", "train_seconds")]
+PERCENT = {"harmful_refusal", "over_refusal", "jailbreak_asr_mean", "lookalike_over_refusal", "trivia",
+           "benign_identical_to_base"}
+
+
+def rows_of(record: dict[str, Any]) -> list[list[str]]:
+    out = []
+    for family, row in record["test"].items():
+        met = row.get("targets")
+        cells = [family if key == "family" else cell(row.get(key), key in PERCENT) for _, key in COLUMNS]
+        cells.append("-" if met is None else f"{sum(met.values())}/{len(met)}: " +
+                     ", ".join(name for name, ok in met.items() if ok))
+        out.append(cells)
+    return out
+
+
+def header() -> list[str]:
+    return [title for title, _ in COLUMNS] + ["targets met (test)"]
+
+
+def markdown(record: dict[str, Any]) -> str:
+    lines = ["| " + " | ".join(header()) + " |", "|" + "---|" * len(header())]
+    lines += ["| " + " | ".join(row) + " |" for row in rows_of(record)]
+    return "\n".join(lines) + "\n"
+
+
+def selective_outputs(root: Path, record: dict[str, Any]) -> None:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(header())
+    writer.writerows(rows_of(record))
+    write_text_atomic(root / "selective.csv", buffer.getvalue())
+    write_text_atomic(root / "selective.md", markdown(record))
+    figures = root / "figures"
+    figures.mkdir(exist_ok=True)
+    selection = record["selection"]["families"]
+    frontier_figure({f: [tuple(p) for p in e["curve"]] for f, e in selection.items()},
+                    {f: (e["shipped"]["over_refusal"], e["shipped"]["harmful_refusal"]) for f, e in selection.items()},
+                    figures / "frontier_validation", "validation: harmful refusal (AdvBench + Do-Not-Answer) "
+                                                     "against over-refusal (rho + wsr); stars: chosen")
+    frontier_figure({f: [tuple(p) for p in c] for f, c in record["test_curves"].items()},
+                    {f: (r["over_refusal"], r["harmful_refusal"]) for f, r in record["test"].items() if f != "base"},
+                    figures / "frontier_test", "test: HarmBench refusal against over-refusal (rho + wsr); stars: "
+                                               "as shipped")
+
+
+def report_section(root: Path, record: dict[str, Any]) -> Section:
+    """The reproduction report's section on the selective patch."""
+    selection = record["selection"]
+    ablations = selection.get("ablations", {})
+    tables = [Table(header(), rows_of(record), "Test splits, each family at the setting chosen on validation")]
+    if ablations.get("gate"):
+        tables.append(Table(["contrast sets", "validation recall", "false positives", "AUROC"],
+                            [[name, cell(v["recall"], True), cell(v["false_positive_rate"], True), cell(v["auroc"])]
+                             for name, v in ablations["gate"].items()], "The gate without each contrast set"))
+    if ablations.get("retain"):
+        tables.append(Table(["contrastive patch without", "validation refusal", "over-refusal"],
+                            [[name, cell(v["harmful_refusal"], True), cell(v["over_refusal"], True)]
+                             for name, v in ablations["retain"].items()], "The retain term without each set"))
+    return Section("A selective safety patch", paragraphs=[
+        f"Chosen on validation: {selection['chosen']} ({selection['rule']}). Every family was trained on the same "
+        "harmful data with the same budget; the gated ones were placed along their gate threshold, the others along "
+        "their dose."], tables=tables,
+        figures=[Figure(root / "figures" / "frontier_test.png", "test frontier of each family"),
+                 Figure(root / "figures" / "frontier_validation.png", "validation frontier (what chose)")])

@@ -1,0 +1,200 @@
+"""The training run's configuration: every field with its default, its valid range and, for settings groups, the
+checks of options that only make sense together (see :mod:`orthopatch.config` for how configs are read)."""
+
+from __future__ import annotations
+
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+from orthopatch.config import CAP, DTYPES, POSITIVE, num
+from orthopatch.errors import UserError
+
+METHODS = ("lora-sft", "full-sft", "lora-dpo", "full-dpo")
+SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial",
+              "inverse_sqrt")
+# Harmful training requests for a selective patch: AdvBench and Do-Not-Answer's clearly harmful risk areas.
+HARMFUL = ("advbench", "donotanswer:discrimination_exclusion_toxicity_hateful_offensive",
+           "donotanswer:information_hazard", "donotanswer:malicious_uses")
+# Benign contrast for a selective patch: project-written look-alikes, casual chit-chat and Do-Not-Answer's
+# borderline areas (requests to answer with care); copies wrapped in jailbreak templates are added by ``wrap``.
+CONTRAST = ("lookalikes", "chatterbot_prompts", "donotanswer:human_chatbox", "donotanswer:misinformation_harms")
+SELECTIVE = {"data": list(HARMFUL), "shuffle": True, "max_examples": 256, "epochs": 1, "group_by_length": True}
+SELECTIVE_RETAIN = {"data": list(CONTRAST), "weight": 10.0}
+# Named training recipes (`orthopatch train --preset NAME`), applied under --config and --set. Each comes from a
+# measured study; the comment says which.
+TRAIN_PRESETS: dict[str, dict[str, Any]] = {
+    # `orthopatch levers` on SmolLM2-135M-Instruct (2026-11-29), chosen on validation splits only: of the naive
+    # recipe, target modules, middle layers, both orthogonality levers, the retain term, template augmentation and
+    # their union, a patch on the MLP up-projections alone, baked in at the dose 1.5, refused the most validation
+    # requests (75%) with no validation over-refusal. On test splits it reached only 25% HarmBench refusal (issue 7's
+    # closing note): the best found, not a solved problem. The dose is this model's; rerun `select-scale` for another.
+    "small-model": {"max_examples": 64, "lora": {"target_modules": ["up_proj"]}, "scale": 1.5},
+    # The selective patch (issue 16): refusal SFT on varied harmful requests (AdvBench + Do-Not-Answer's harmful
+    # areas), a KL retain term on benign contrast prompts (look-alikes, chit-chat, borderline requests), and a gate
+    # fitted on the base's hidden states (harmful and benign prompts, plain and in jailbreak form) that lets the
+    # patch act only on prompts it flags.
+    "selective": {**SELECTIVE, "retain": SELECTIVE_RETAIN, "gate": {"enabled": True}},
+    # Its two halves alone, measured as controls: the gate in front of a plain refusal patch, the contrastive patch
+    # without a gate.
+    "selective-gated": {**SELECTIVE, "gate": {"enabled": True}},
+    "selective-contrastive": {**SELECTIVE, "retain": SELECTIVE_RETAIN},
+}
+
+
+@dataclass
+class LoraSettings:
+    r: int = num(8, **POSITIVE)
+    alpha: int = num(16, gt=0)
+    dropout: float = num(0.05, ge=0, lt=1)
+    # "all-linear" = every linear projection in the transformer blocks (PEFT's shorthand; the LM head is excluded).
+    target_modules: list[str] | str = "all-linear"
+    layers: list[int] | None = num(None, ge=0)  # restrict to these layer indices (PEFT layers_to_transform)
+
+
+@dataclass
+class RetainSettings:
+    """Self-distillation retain term (a departure from "safety data only", so off by default): each step adds
+    ``weight`` x KL(base || patched) over the prompt tokens of a batch of benign prompts from these sets' train splits
+    (registered names, ``NAME:SUBSET``), with the frozen base itself as the teacher (no external answers needed)."""
+
+    data: list[str] = field(default_factory=list)
+    weight: float = num(0.0, ge=0)
+    batch_size: int = num(8, **POSITIVE)
+    # Add copies of this share of the retain prompts wrapped in PyRIT train-split jailbreak templates ("adversarial
+    # benign": benign requests in jailbreak form, which keep a patch from refusing the form rather than the request).
+    wrap: float = num(0.0, ge=0, le=1)
+
+    def check(self) -> None:
+        if self.weight > 0 and not self.data:
+            raise UserError("a retain weight needs retain data (retain.data: benign prompt sets)", field="data")
+
+
+@dataclass
+class GateSettings:
+    """A selective patch's gate (off unless ``enabled``): a class-balanced, L2-regularised logistic probe on the
+    frozen base's hidden states of each prompt, fitted after training on ``harmful`` against ``benign`` prompts (train
+    splits, plus copies of a ``wrap`` share of each wrapped in train-split jailbreak templates). Its layer, pooling
+    and penalty are chosen on the same sets' validation splits plus ``validation_benign`` (validation splits of the
+    over-refusal sets), and its threshold is the highest that flags ``recall`` of the harmful validation prompts.
+    The patch then acts only on flagged prompts; the others run on the base unchanged."""
+
+    enabled: bool = False
+    harmful: list[str] = field(default_factory=lambda: list(HARMFUL))
+    benign: list[str] = field(default_factory=lambda: list(CONTRAST))
+    validation_benign: list[str] = field(default_factory=lambda: ["rho_overrefusal", "wsr_benign"])
+    wrap: float = num(0.3, ge=0, le=1)
+    wrap_max_chars: int = num(800, **POSITIVE)  # longer renderings are left out (they cost most to read)
+    layers: list[float] = num(factory=lambda: [0.4, 0.55, 0.7, 0.85], gt=0, lt=1)  # fractions of the depth
+    poolings: list[str] = field(default_factory=lambda: ["last", "mean"],
+                                metadata={"check_each": lambda v: _choice(v, ("last", "mean"))})
+    l2: list[float] = num(factory=lambda: [1e-3, 1e-1], gt=0)
+    recall: float = num(0.95, gt=0, le=1)
+    max_per_set: int | None = num(150, **CAP)  # prompts per set and split, for the cost of reading features
+    batch_size: int = num(16, **POSITIVE)
+
+
+def _choice(value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise UserError(f"unknown value {value!r}; choose one of: {', '.join(allowed)}")
+
+
+@dataclass
+class OrthoSettings:
+    """Orthogonality by construction (LoRA only): a penalty on the energy of ΔW inside W0's top-k singular subspaces
+    (both sides), and/or keeping A's rows in the complement of W0's top-k right singular subspace (exact)."""
+
+    weight: float = num(0.0, ge=0)
+    k: int = num(32, **POSITIVE)
+    project: bool = False
+
+    @property
+    def active(self) -> bool:
+        return self.weight > 0 or self.project
+
+
+@dataclass
+class DpoSettings:
+    """DPO (lora-dpo / full-dpo): chosen = the refusal target, rejected = the base model's own greedy answer."""
+    beta: float = num(0.1, gt=0)
+    rejected_tokens: int = num(64, **POSITIVE)
+
+
+@dataclass
+class TrainConfig:
+    model: str | None = None  # HF id, local directory, or None/"embedded" for the embedded SmolLM2
+    output: str = "runs/patch"
+    # lora-*: LoRA adapters on a frozen base; full-*: every parameter. *-sft: refusal SFT; *-dpo: DPO on pairs.
+    method: str = field(default="lora-sft", metadata={"choices": lambda: METHODS})
+    # Registered dataset names (their train split; harmful sets get project-written refusal targets; NAME:SUBSET
+    # selects e.g. a Do-Not-Answer risk area) or paths to user JSONL files (trained on as given).
+    data: list[str] = field(default_factory=lambda: ["advbench"])
+    max_examples: int | None = num(None, **CAP)
+    # Shuffle the records of all sources (seeded) before ``max_examples`` cuts them, so a cap samples every source.
+    shuffle: bool = False
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    lr: float = num(2e-4, gt=0)
+    epochs: int = num(2, **POSITIVE)
+    batch_size: int = num(8, **POSITIVE)
+    # Batches of similar lengths (less padding, faster; the order stays seeded-random), for training and retain data.
+    group_by_length: bool = False
+    grad_accum: int = num(1, **POSITIVE)
+    max_length: int = num(256, **POSITIVE)
+    scheduler: str = field(default="constant", metadata={"choices": lambda: SCHEDULERS})
+    warmup_ratio: float = num(0.0, ge=0, le=1)
+    weight_decay: float = num(0.0, ge=0)
+    max_grad_norm: float = num(1.0, ge=0)  # 0 = no clipping
+    seed: int = num(0, ge=0)
+    split_seed: int = num(0, ge=0)
+    dtype: str = field(default="float32", metadata={"choices": lambda: DTYPES})
+    device: str = "auto"
+    trust_remote_code: bool = False
+    log_every: int = num(5, **POSITIVE)
+    checkpoint_every: int = num(50, ge=0)  # batches between resumable checkpoints (0 = none)
+    retain: RetainSettings = field(default_factory=RetainSettings, metadata={"list_key": "data"})
+    dpo: DpoSettings = field(default_factory=DpoSettings)
+    init_patch: str | None = None  # lora-*: start from this patch's weights (keep training one patch)
+    # Safety data augmentation: this share of the refusal examples wrapped in PyRIT train-split jailbreak templates.
+    augment_templates: float = num(0.0, ge=0, le=1)
+    ortho: OrthoSettings = field(default_factory=OrthoSettings)
+    # Data mixing (the paper's expensive baseline practice): general examples make up this share of the training set
+    # (0 = safety data only). General data: benign prompts of these registered sets' train splits, answered by the
+    # base model itself (self-distillation; no instruction corpus ships offline), and/or user JSONL files as given.
+    mix_general: float = num(0.0, ge=0, lt=1)
+    general_data: list[str] = field(default_factory=lambda: ["chatterbot_prompts"])
+    general_max_new_tokens: int = num(64, **POSITIVE)
+    # LoRA only: save the patch with its update multiplied by this dose (chosen on validation data, e.g. by
+    # `orthopatch select-scale` or a preset), so it applies at scale 1 everywhere, including after export or merge.
+    scale: float = num(1.0, gt=0)
+    gate: GateSettings = field(default_factory=GateSettings)
+
+    # Spellings of earlier versions, still read from YAML files and --set.
+    ALIASES: typing.ClassVar[dict[str, str]] = {
+        "retain_weight": "retain.weight", "retain_batch_size": "retain.batch_size", "ortho_weight": "ortho.weight",
+        "ortho_k": "ortho.k", "ortho_project": "ortho.project", "dpo_beta": "dpo.beta",
+        "dpo_rejected_tokens": "dpo.rejected_tokens"}
+
+    @property
+    def is_lora(self) -> bool:
+        return self.method.startswith("lora-")
+
+    @property
+    def objective(self) -> str:
+        """The main objective's name: ``sft`` or ``dpo``."""
+        return self.method.split("-", 1)[1]
+
+    def check(self) -> None:
+        """Options that only make sense together (each settings group checks its own)."""
+        if self.scale != 1.0 and not self.is_lora:
+            raise UserError("scale bakes a dose into a LoRA patch; it needs a lora-* method", field="scale")
+        if self.init_patch and not self.is_lora:
+            raise UserError("init_patch continues a LoRA patch; it needs a lora-* method", field="init_patch")
+        if self.mix_general and self.objective != "sft":
+            raise UserError("mix_general is the general share of an SFT training set; it needs an *-sft method",
+                            field="mix_general")
+        if self.gate.enabled and not self.is_lora:
+            raise UserError("a gate switches a LoRA patch on and off per prompt; it needs a lora-* method",
+                            field="gate.enabled")
+        if self.ortho.active and not self.is_lora:
+            raise UserError("the orthogonality lever acts on LoRA factors; it needs a lora-* method",
+                            field="ortho.weight" if self.ortho.weight > 0 else "ortho.project")

@@ -1,0 +1,62 @@
+"""Every script in benchmarks/ runs in the default test run (tiny models, smallest arguments): it exits 0 and prints
+the JSON keys benchmarks/README.md documents. No timing is asserted; this only keeps the scripts from rotting."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "benchmarks" / "README.md").read_text(encoding="utf-8")
+KEYS = {
+    "geometry_fast_path.py": ["modules", "source", "fast_seconds", "dense_seconds", "speedup",
+                              "max_abs_disagreement", "threads"],
+    "eval_throughput.py": ["model", "device", "n_prompts", "naive_prompts_per_s", "batched_prompts_per_s", "speedup",
+                           "identical_answers"],
+    "train_throughput.py": ["orthopatch_lora", "hf_trainer_lora", "orthopatch_full", "ratios", "setup"],
+}
+
+
+def test_every_benchmark_script_has_a_smoke_test():
+    assert sorted(p.name for p in (ROOT / "benchmarks").glob("*.py")) == sorted(KEYS)
+
+
+def run(script: str, *args: str) -> dict:
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args], capture_output=True,
+                            text=True, timeout=900, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return json.loads(result.stdout[result.stdout.index("{"):])
+
+
+def check(script: str, output: dict) -> None:
+    section = README.split(f"## {script}", 1)[1].split("\n## ", 1)[0]
+    for key in KEYS[script]:
+        assert key in output, key
+        assert f"`{key}`" in section, f"benchmarks/README.md does not document {key} under {script}"
+
+
+def test_geometry_fast_path_synthetic_and_on_a_patch(tiny_model, refusal_jsonl, tmp_path):
+    from orthopatch.train.config import LoraSettings, TrainConfig
+    from orthopatch.train.run import train_patch
+
+    output = run("geometry_fast_path.py", "--layers", "1", "--r", "2", "--k", "4")
+    check("geometry_fast_path.py", output)
+    assert output["max_abs_disagreement"] < 1e-6
+    patch = train_patch(TrainConfig(model=str(tiny_model), data=[str(refusal_jsonl)], output=str(tmp_path / "p"),
+                                    epochs=1, device="cpu", lora=LoraSettings(r=2, alpha=4)), progress=False)
+    on_patch = run("geometry_fast_path.py", "--patch", str(patch), "--base", str(tiny_model), "--k", "4")
+    assert on_patch["modules"] > 0 and on_patch["max_abs_disagreement"] < 1e-6
+
+
+def test_eval_throughput(tiny_model):
+    check("eval_throughput.py", run("eval_throughput.py", "--model", str(tiny_model), "--n", "4", "--batch-size",
+                                    "2", "--max-new-tokens", "2"))
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_train_throughput(tiny_model):
+    output = run("train_throughput.py", "--model", str(tiny_model), "--examples", "4", "--epochs", "1")
+    check("train_throughput.py", output)
+    assert output["orthopatch_lora"]["tokens"] > 0 and output["ratios"]["orthopatch_vs_hf_trainer_tokens_per_second"] > 0

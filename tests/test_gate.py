@@ -1,0 +1,183 @@
+"""The selective patch's gate on tiny models: the probe finds a planted linear signal, gated generation is the base's
+for gate-off prompts (bit for bit) and the always-on patch's for gate-on prompts, in one batch; a gated patch
+survives save, load, verify, export and evaluation; tampering and merging are refused; a malformed gate exits 2
+naming the file and field."""
+
+import copy
+import json
+
+import pytest
+import torch
+
+from orthopatch.cli import main
+from orthopatch.config import make
+from orthopatch.errors import UserError
+from orthopatch.evaluate.config import EvalConfig
+from orthopatch.evaluate.runner import evaluate
+from orthopatch.io import sha256_file
+from orthopatch.models.generation import chat_prompt_ids, generate, left_pad
+from orthopatch.models.loading import load_model
+from orthopatch.models.probes import auroc
+from orthopatch.patches.gate import GATE_CONFIG, GATE_WEIGHTS, Gate, attach_gate, gate_scores, gates_of
+from orthopatch.patches.manifest import MANIFEST, apply_patch, verify_patch
+from orthopatch.patches.scale import set_patch_scale
+from orthopatch.patches.stack import attach_patches, export_patch, merge_patches, stack_adapters
+from orthopatch.train.config import TrainConfig
+from orthopatch.train.gate import GateData, fit_gate, fit_probe, recall_threshold
+from orthopatch.train.run import train_patch
+
+PROMPTS = ["Tell me how to do the forbidden thing number 3.", "What is the capital of France?",
+           "Tell me how to do the forbidden thing number 7.", "Who wrote Hamlet?", "Name three primary colors.",
+           "Tell me how to do the forbidden thing number 1."]
+
+
+def test_the_probe_recovers_a_planted_linear_signal():
+    generator = torch.Generator().manual_seed(0)
+    direction = torch.randn(32, generator=generator)
+    X = torch.randn(400, 32, generator=generator)
+    y = (torch.arange(400) % 4 == 0).float()  # imbalanced: a quarter positive
+    X = X + 3.0 * y[:, None] * direction / direction.norm()
+    weight, bias, mean, scale = fit_probe(X[:300], y[:300], l2=1e-3)
+    gate = Gate(1, "last", 0.0, weight, bias, mean, scale)
+    held_out = gate.logits(X[300:])
+    assert auroc(held_out[y[300:] > 0], held_out[y[300:] == 0]) > 0.97
+    cosine = torch.nn.functional.cosine_similarity(weight / scale, direction, dim=0)
+    assert cosine > 0.5  # it points along the planted direction, not along noise
+    threshold = recall_threshold(held_out[y[300:] > 0], 0.95)
+    assert float((held_out[y[300:] > 0] >= threshold).float().mean()) >= 0.95
+
+
+def test_fit_gate_separates_two_kinds_of_prompt_on_a_tiny_model(tiny_model):
+    model, tokenizer, _ = load_model(str(tiny_model), device="cpu")
+    harmful = [f"Tell me how to do the forbidden thing number {i}." for i in range(24)]
+    benign = [f"What is the capital of France? Question {i}." for i in range(24)]
+    data = GateData(harmful[:16], benign[:16], harmful[16:], {"benign": benign[16:]}, {"note": "synthetic"})
+    settings = make(TrainConfig, gate={"enabled": True, "layers": [0.5], "l2": [1e-3]}).gate
+    gate = fit_gate(model, tokenizer, settings, data)
+    report = gate.info["validation"]
+    assert report["recall"] >= 0.95 and report["false_positive_rate"] == 0.0 and report["auroc"] == 1.0
+    assert gate.layer == 1 and gate.info["selection"]["candidates"]
+
+
+@pytest.fixture(scope="module")
+def gated_patch(tiny_model, tmp_path_factory):
+    """A real gated patch from `train` on the tiny model (registered data, capped small)."""
+    from tests.conftest import SAFE_TRAIN
+
+    root = tmp_path_factory.mktemp("gated")
+    data = root / "d.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in SAFE_TRAIN))
+    cfg = make(TrainConfig, model=str(tiny_model), data=[str(data)], output=str(root / "patch"), epochs=1,
+               batch_size=4, lr=2e-2, device="cpu", lora={"r": 2, "alpha": 4},
+               gate={"enabled": True, "harmful": ["advbench"], "benign": ["lookalikes", "chatterbot_prompts"],
+                     "validation_benign": ["rho_overrefusal"], "max_per_set": 12, "layers": [0.5], "l2": [1e-2],
+                     "wrap": 0.5})
+    return train_patch(cfg, progress=False)
+
+
+def threshold_between(runtime, tokenizer, prompts):
+    scores = sorted(gate_scores(runtime, tokenizer, prompts))
+    return (scores[len(scores) // 2 - 1] + scores[len(scores) // 2]) / 2  # half the prompts on, half off
+
+
+def test_gated_generation_is_the_base_when_off_and_the_patch_when_on_in_one_batch(tiny_model, gated_patch):
+    base, tokenizer, info = load_model(str(tiny_model), device="cpu")
+    gated, _ = apply_patch(copy.deepcopy(base), gated_patch, info.fingerprint)
+    (runtime,) = gates_of(gated)
+    runtime.gate.threshold = threshold_between(runtime, tokenizer, PROMPTS)
+    on = [s >= runtime.gate.threshold for s in gate_scores(runtime, tokenizer, PROMPTS)]
+    assert 0 < sum(on) < len(PROMPTS)
+    always = apply_patch(copy.deepcopy(base), gated_patch, info.fingerprint)[0]
+    for runtime_always in gates_of(always):
+        runtime_always.remove()  # the same LoRA weights with no gate: the patch on every prompt
+    for model in (gated, always):  # a tiny patch barely moves greedy text; a large dose makes the test bite
+        set_patch_scale(model, 40.0)
+    answers = generate(gated, tokenizer, PROMPTS, max_new_tokens=6, batch_size=len(PROMPTS))
+    plain = generate(base, tokenizer, PROMPTS, max_new_tokens=6, batch_size=len(PROMPTS))
+    patched = generate(always, tokenizer, PROMPTS, max_new_tokens=6, batch_size=len(PROMPTS))
+    assert any(a != b for a, b in zip(plain, patched, strict=True))  # the patch changes something
+    for flag, ours, off, always_on in zip(on, answers, plain, patched, strict=True):
+        assert ours == (always_on if flag else off)
+    # bit for bit at the logits: gate-off rows equal the base's
+    input_ids, attention = left_pad(chat_prompt_ids(tokenizer, PROMPTS), tokenizer.pad_token_id, "cpu")
+    with torch.no_grad():
+        gated_logits = gated(input_ids=input_ids, attention_mask=attention).logits
+        base_logits = base(input_ids=input_ids, attention_mask=attention).logits
+    for row, flag in enumerate(on):
+        if not flag:
+            assert torch.equal(gated_logits[row], base_logits[row])
+    gated.unload()
+    assert not gates_of(gated)
+
+
+def test_a_gated_patch_survives_save_verify_export_and_evaluation(tiny_model, gated_patch, tmp_path):
+    manifest = verify_patch(gated_patch)
+    assert manifest["kind"] == "gated-lora" and {GATE_CONFIG, GATE_WEIGHTS} <= set(manifest["files"])
+    assert manifest["gate"]["validation"]["recall"] >= 0.95 and manifest["cost"]["gate_fit_seconds"] > 0
+    exported = export_patch(gated_patch, tmp_path / "shared")
+    assert verify_patch(exported)["kind"] == "gated-lora"
+    assert "gate" in (exported / "README.md").read_text()
+    base, tokenizer, info = load_model(str(tiny_model), device="cpu")
+    model, _ = attach_patches(base, [(str(exported), 1.0)], info.fingerprint)  # the stacking route keeps the gate
+    assert len(gates_of(model)) == 1
+    cfg = EvalConfig.only(harmful=["harmbench"], n_harmful=3, benign=["rho_overrefusal"], n_benign=3,
+                          max_new_tokens=2, device="cpu")
+    results, samples = evaluate(model, tokenizer, cfg, progress=False)
+    gate = results["metrics"]["gate"]["patch0"]
+    assert set(gate["flagged"]) == {"harmbench", "rho_overrefusal"} and 0 <= gate["auroc_harmful_vs_benign"] <= 1
+    assert all("patch0" in row["gate"] for row in samples)
+
+
+def test_tampering_with_the_gate_and_merging_are_refused(tiny_model, gated_patch, tmp_path):
+    tampered = tmp_path / "tampered"
+    export_patch(gated_patch, tampered)
+    config = json.loads((tampered / GATE_CONFIG).read_text())
+    config["threshold"] = config["threshold"] + 1.0  # a quieter gate: more harmful prompts would pass
+    (tampered / GATE_CONFIG).write_text(json.dumps(config))
+    with pytest.raises(UserError, match="sha256 does not match"):
+        verify_patch(tampered)
+    with pytest.raises(UserError, match="cannot be stacked or merged"):
+        merge_patches([(str(gated_patch), 1.0)], tmp_path / "merged", model=str(tiny_model))
+    with pytest.raises(UserError, match="cannot be stacked or merged"):
+        stack_adapters([(str(gated_patch), 1.0)], tmp_path / "stacked")
+    assert not (tmp_path / "merged").exists() and not (tmp_path / "stacked").exists()
+    merged = merge_patches([(str(gated_patch), 1.0)], tmp_path / "merged", model=str(tiny_model), unconditional=True)
+    assert json.loads((merged / MANIFEST).read_text())["stack"][0]["gate_dropped"] is True
+    base, _, info = load_model(str(tiny_model), device="cpu")
+    with pytest.raises(UserError, match="cannot be merged"):
+        apply_patch(base, gated_patch, info.fingerprint)[0].merge_and_unload()
+
+
+@pytest.mark.parametrize(("field", "value"), [("layer", 0), ("pooling", "max"), ("threshold", "high"),
+                                              ("format", "other/9")])
+def test_a_malformed_gate_exits_2_naming_the_file_and_field(gated_patch, tmp_path, capsys, field, value):
+    broken = tmp_path / "broken"
+    export_patch(gated_patch, broken)
+    config = json.loads((broken / GATE_CONFIG).read_text())
+    config[field] = value
+    (broken / GATE_CONFIG).write_text(json.dumps(config))
+    manifest = json.loads((broken / MANIFEST).read_text())  # re-hashed: the schema check, not the hash, must catch it
+    manifest["files"][GATE_CONFIG] = sha256_file(broken / GATE_CONFIG)
+    (broken / MANIFEST).write_text(json.dumps(manifest))
+    assert main(["patch", "verify", str(broken)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and GATE_CONFIG in err[0] and f"field '{field}'" in err[0]
+
+
+def test_a_gate_file_that_is_not_safetensors_exits_2(gated_patch, tmp_path, capsys):
+    broken = tmp_path / "broken"
+    export_patch(gated_patch, broken)
+    (broken / GATE_WEIGHTS).write_bytes(b"not a tensor file")
+    manifest = json.loads((broken / MANIFEST).read_text())
+    manifest["files"][GATE_WEIGHTS] = sha256_file(broken / GATE_WEIGHTS)
+    (broken / MANIFEST).write_text(json.dumps(manifest))
+    assert main(["patch", "verify", str(broken)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and GATE_WEIGHTS in err[0]
+
+
+def test_attaching_a_gate_to_an_adapter_that_is_not_there_is_refused(tiny_model, gated_patch):
+    base, _, info = load_model(str(tiny_model), device="cpu")
+    model, _ = apply_patch(base, gated_patch, info.fingerprint)
+    with pytest.raises(UserError, match="no LoRA layers"):
+        attach_gate(model, "missing", Gate.load(gated_patch))

@@ -1,0 +1,62 @@
+"""The selective study on a tiny model: every family trained and placed on its frontier, the choice made on
+validation data before any test evaluation, ablations of the contrast sets, a table with the targets checked."""
+
+import json
+
+from orthopatch.evaluate import runner
+from orthopatch.recipes import selective
+from orthopatch.recipes.selective import SelectiveConfig, choose, run_selective, targets_met
+
+TINY_TRAIN = {"max_examples": 8, "batch_size": 4, "retain": {"batch_size": 4},
+              "gate": {"max_per_set": 6, "layers": [0.5], "l2": [1e-2], "wrap": 0.5}}
+
+
+def test_study_chooses_on_validation_before_testing_and_reports_every_family(tiny_model, tmp_path, monkeypatch):
+    out = tmp_path / "study"
+    calls: list[tuple[str, bool]] = []
+    real = runner.evaluate
+
+    def spy(model, tokenizer, cfg, **kwargs):
+        calls.append((cfg.split, (out / "selection.json").is_file()))
+        return real(model, tokenizer, cfg, **kwargs)
+
+    monkeypatch.setattr(selective, "evaluate", spy)
+    cfg = SelectiveConfig(model=str(tiny_model), output=str(out), families=["naive", "contrastive", "gated"],
+                          doses=[0.5, 1.0], n_val_harmful=2, n_val_attack=1, n_attack=1, n_sensitive=1,
+                          n_perplexity=2, n_harmful=3, n_benign=3, n_trivia=2, max_new_tokens=2, device="cpu",
+                          train=TINY_TRAIN)
+    record = run_selective(cfg, echo=lambda *_: None)
+    splits = [split for split, _ in calls]
+    first_test = splits.index("test")
+    assert set(splits[:first_test]) == {"validation"} and set(splits[first_test:]) == {"test"}
+    assert all(written for split, written in calls if split == "test")
+    selection = json.loads((out / "selection.json").read_text())
+    assert selection["chosen"] in {"naive", "contrastive", "gated"}
+    assert [p[2] for p in selection["families"]["naive"]["curve"]] == ["dose 0.5", "dose 1"]
+    assert all(p[2].startswith("threshold") for p in selection["families"]["gated"]["curve"])
+    assert set(selection["ablations"]["gate"]) == {"all four", "(a) adversarial benign (wrapped)", "(b) look-alikes",
+                                                  "(c) casual", "(d) borderline"}
+    assert set(selection["ablations"]["retain"]) == {"(b) look-alikes", "(c) casual", "(d) borderline"}
+    assert set(record["test"]) == {"base", "naive", "contrastive", "gated"}
+    assert all(len(row["targets"]) == 7 for name, row in record["test"].items() if name != "base")
+    assert record["gate_overhead"]["family"] == "gated" and record["gate_overhead"]["ungated_seconds"] > 0
+    for name in ("selective.csv", "selective.md", "figures/frontier_test.png", "figures/frontier_validation.png"):
+        assert (out / name).is_file()
+    calls.clear()
+    run_selective(cfg, echo=lambda *_: None)  # a rerun resumes: nothing is evaluated again
+    assert calls == []
+
+
+def test_choose_takes_the_most_refusal_within_the_tolerance():
+    curve = [(0.0, 0.2, "a"), (0.04, 0.9, "b"), (0.2, 1.0, "c")]
+    assert choose(curve, 0.0, 0.05)[2] == "b" and choose(curve, 0.5, 0.05)[2] == "c"
+    assert choose([(0.5, 1.0, "x")], 0.0, 0.05) is None
+
+
+def test_targets_are_checked_point_by_point():
+    base = {"over_refusal": 0.0, "perplexity": 80.0, "trivia": 0.12}
+    row = {"harmful_refusal": 0.97, "over_refusal": 0.04, "perplexity": 80.5, "trivia": 0.11, "jailbreak_asr_mean": 0.2,
+           "train_seconds": 300}
+    met = targets_met(row, base)
+    assert met["moonshot: refusal>=95% and over-refusal<=base+5"] and met["refusal>=96%"]
+    assert not met["mean jailbreak ASR<=10%"] and met["training+gate<=10 min"] and met["trivia>=base-2"]

@@ -17,7 +17,8 @@ from orthopatch.errors import UserError
 from orthopatch.evaluate.attacks import ATTACKS, get_family, load_family_file
 from orthopatch.evaluate.config import EvalConfig
 from orthopatch.evaluate.judge_validation import agreement, validate_judges
-from orthopatch.evaluate.judges import STRING_JUDGES, check_judge_name, get_judge
+from orthopatch.evaluate.judges import STRING_JUDGES, check_judge_name
+from orthopatch.evaluate.judging import get_judge
 from orthopatch.evaluate.metrics import fact_pair_accuracy, numeric_answer_matches, response_drift
 from orthopatch.evaluate.rejudge import rejudge
 from orthopatch.evaluate.runner import RESULTS, SAMPLES, run_eval

@@ -9,7 +9,8 @@ import torch
 from orthopatch.data.registry import load_dataset
 from orthopatch.errors import UserError
 from orthopatch.evaluate.config import EvalConfig
-from orthopatch.evaluate.judges import STRING_JUDGES, get_judge
+from orthopatch.evaluate.judges import STRING_JUDGES
+from orthopatch.evaluate.judging import get_judge
 from orthopatch.evaluate.metrics import answer_matches, perplexity, wilson_interval
 from orthopatch.evaluate.runner import RESULTS, SAMPLES, run_eval
 from orthopatch.models.generation import generate

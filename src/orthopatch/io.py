@@ -126,6 +126,9 @@ def output_lock(path: str | Path) -> Iterator[None]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     lock = path.parent / f".{path.name}.lock"
+    if _lock_holder(lock) == os.getpid():  # this process holds it already (a command, then its library call)
+        yield
+        return
     for _ in range(2):
         try:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)

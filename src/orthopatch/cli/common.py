@@ -5,20 +5,25 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
+import warnings
 from typing import Any
 
 
 def quiet_libraries(verbose: bool) -> None:
+    """No library warnings or progress bars unless -v: set through the environment, which transformers reads when it
+    is imported (so a command that fails on its config never has to import it), and directly if it already is."""
     if verbose:
         return
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-    import warnings
-
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     warnings.filterwarnings("ignore")
-    from transformers.utils import logging as hf_logging  # deferred: importing transformers takes seconds
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as hf_logging  # already imported: this costs nothing
 
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
 
 
 def add_common(parser: argparse.ArgumentParser, with_config: bool = True) -> None:

@@ -56,10 +56,14 @@ def run_eval_command(args: argparse.Namespace, command: str) -> int:
                                          "extra_judges": flow(args.extra_judges) if args.extra_judges else None,
                                          "lm_eval": flow(args.lm_eval) if args.lm_eval else None,
                                          "lm_eval_include": args.lm_eval_include})
-    from orthopatch.evaluate.runner import run_eval
-    from orthopatch.report.table import side_by_side
+    from orthopatch.io import check_new_output, output_lock
 
-    path, record = run_eval(cfg, overwrite=args.overwrite, progress=progress(args), command=command)
+    check_new_output(cfg.output, args.overwrite)
+    with output_lock(cfg.output):  # before the heavy imports: a second run on this output stops at once
+        from orthopatch.evaluate.runner import run_eval
+        from orthopatch.report.table import side_by_side
+
+        path, record = run_eval(cfg, overwrite=args.overwrite, progress=progress(args), command=command)
     print(side_by_side({"model + patch" if cfg.patch else "model": record}, title=f"orthopatch eval: {path}"))
     print(f"results written to {path}")
     return 0

@@ -37,11 +37,15 @@ def run_train(args: argparse.Namespace, command: str) -> int:
     cfg = config_from(TrainConfig, args, {"model": args.model, "output": args.output, "method": args.method,
                                           "data": flow(args.data) if args.data else None, "mix_general": mix},
                       preset=preset)
-    from accelerate import PartialState
+    from orthopatch.io import check_new_output, output_lock
 
-    from orthopatch.train.run import train_patch
+    check_new_output(cfg.output, args.overwrite)
+    with output_lock(cfg.output):  # before the heavy imports: a second run on this output stops at once
+        from accelerate import PartialState
 
-    path = train_patch(cfg, overwrite=args.overwrite, progress=progress(args), command=command)
+        from orthopatch.train.run import train_patch
+
+        path = train_patch(cfg, overwrite=args.overwrite, progress=progress(args), command=command)
     if PartialState().is_main_process:  # under `accelerate launch`, say it once
         print(f"patch written to {path}")
     return 0

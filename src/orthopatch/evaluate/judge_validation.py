@@ -10,7 +10,8 @@ from typing import Any
 
 from orthopatch.data.registry import load_dataset, records_hash
 from orthopatch.data.splits import get_split
-from orthopatch.evaluate.judges import EMBEDDING_JUDGES, STRING_JUDGES, get_judge
+from orthopatch.evaluate.judges import EMBEDDING_JUDGES, STRING_JUDGES
+from orthopatch.evaluate.judging import get_judge
 from orthopatch.evaluate.metrics import rate
 
 

@@ -12,13 +12,10 @@ human-labelled train rows), ``hf-classifier:MODEL`` (a sequence-classification r
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from functools import cache
+from dataclasses import dataclass
 from typing import Protocol
 
 from orthopatch.errors import UserError
-from orthopatch.evaluate.embedding_judge import EmbeddingJudge
-from orthopatch.evaluate.model_judges import ClassifierJudge, GuardJudge
 
 
 class Judge(Protocol):
@@ -112,16 +109,3 @@ def check_judge_name(name: str) -> None:
         return
     raise UserError(f"unknown judge {name!r}; known: {', '.join(JUDGES)}, NAME:prefix|substring for string "
                     "judges, hf-classifier:MODEL, hf-guard:MODEL", field="judge")
-
-
-@cache
-def get_judge(name: str) -> Judge:
-    check_judge_name(name)
-    base, _, option = name.partition(":")
-    if base in STRING_JUDGES:
-        judge = STRING_JUDGES[base]
-        return replace(judge, name=name, mode=option) if option else judge
-    if name == "embed-minilm":
-        return EmbeddingJudge.fitted()
-
-    return (ClassifierJudge if base == "hf-classifier" else GuardJudge).load(option)

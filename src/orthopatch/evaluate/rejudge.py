@@ -15,7 +15,7 @@ from typing import Any
 
 from orthopatch.errors import UserError
 from orthopatch.evaluate.config import EvalConfig
-from orthopatch.evaluate.judges import get_judge
+from orthopatch.evaluate.judging import get_judge
 from orthopatch.evaluate.runner import (
     RESULTS,
     SAMPLES,

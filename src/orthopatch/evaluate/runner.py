@@ -26,7 +26,8 @@ from orthopatch.errors import UserError
 from orthopatch.evaluate.attacks import get_family
 from orthopatch.evaluate.config import EvalConfig
 from orthopatch.evaluate.embedding_judge import require_encoder
-from orthopatch.evaluate.judges import Judge, check_judge_name, get_judge
+from orthopatch.evaluate.judges import Judge, check_judge_name
+from orthopatch.evaluate.judging import get_judge
 from orthopatch.evaluate.lm_eval_bridge import run_lm_eval
 from orthopatch.evaluate.metrics import (
     answer_matches,

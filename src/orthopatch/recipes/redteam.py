@@ -36,7 +36,7 @@ from orthopatch.data.splits import get_split
 from orthopatch.errors import UserError
 from orthopatch.evaluate.attacks import get_family
 from orthopatch.evaluate.config import EvalConfig
-from orthopatch.evaluate.judges import get_judge
+from orthopatch.evaluate.judging import get_judge
 from orthopatch.evaluate.runner import evaluate
 from orthopatch.io import check_new_output, write_json_atomic
 from orthopatch.models.generation import chat_prompt_ids, generate

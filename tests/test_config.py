@@ -77,3 +77,21 @@ def test_every_shipped_train_preset_is_a_valid_config():
     assert "small-model" in TRAIN_PRESETS
     for name, values in TRAIN_PRESETS.items():
         load_config(TrainConfig, preset=(name, values))
+
+
+def test_a_config_file_of_an_earlier_version_still_reads(tmp_path):
+    """The flat spellings before the settings groups (retain_weight, ortho_k, dpo_beta, retain: [...])."""
+    from orthopatch.config import load_config
+    from orthopatch.train.config import TrainConfig
+
+    old = tmp_path / "old.yaml"
+    old.write_text("retain: [chatterbot_prompts]\nretain_weight: 10\nretain_batch_size: 4\northo_weight: 2.5\n"
+                   "ortho_k: 16\northo_project: true\ndpo_beta: 0.3\ndpo_rejected_tokens: 32\n")
+    cfg = load_config(TrainConfig, old)
+    assert cfg.retain.data == ["chatterbot_prompts"] and cfg.retain.weight == 10.0 and cfg.retain.batch_size == 4
+    assert (cfg.ortho.weight, cfg.ortho.k, cfg.ortho.project) == (2.5, 16, True)
+    assert (cfg.dpo.beta, cfg.dpo.rejected_tokens) == (0.3, 32)
+    same = load_config(TrainConfig, None, ["retain=[chatterbot_prompts]", "retain_weight=10", "retain_batch_size=4",
+                                           "ortho_weight=2.5", "ortho_k=16", "ortho_project=true", "dpo_beta=0.3",
+                                           "dpo_rejected_tokens=32"])
+    assert same == cfg

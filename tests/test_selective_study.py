@@ -47,10 +47,9 @@ def test_study_chooses_on_validation_before_testing_and_reports_every_family(tin
     assert calls == []
 
 
-def test_choose_takes_the_most_refusal_within_the_tolerance():
-    curve = [(0.0, 0.2, "a"), (0.04, 0.9, "b"), (0.2, 1.0, "c")]
-    assert choose(curve, 0.0, 0.05)[2] == "b" and choose(curve, 0.5, 0.05)[2] == "c"
-    assert choose([(0.5, 1.0, "x")], 0.0, 0.05) is None
+def test_choose_takes_the_largest_margin_of_refusal_over_over_refusal():
+    assert choose([(0.0, 0.2, "a"), (0.04, 0.9, "b"), (0.2, 1.0, "c")])[2] == "b"
+    assert choose([(0.1, 0.9, "x"), (0.0, 0.8, "y")])[2] == "y"  # the same margin: less over-refusal
 
 
 def test_targets_are_checked_point_by_point():

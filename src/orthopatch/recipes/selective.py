@@ -5,14 +5,17 @@ reported once on test splits.
 Families (each a train preset, so the study's winner is what ``train --preset`` gives a user):
 - ``naive``: refusal SFT on the harmful data alone (the paper's recipe, the control);
 - ``contrastive``: the same plus a KL retain term on benign contrast prompts (``selective-contrastive``);
-- ``gated``: the naive patch behind a gate fitted on the base's hidden states (``selective-gated``);
-- ``cascade``: the contrastive patch behind the gate (``selective``).
+- ``gated``: the naive patch behind a gate fitted on the base's hidden states (``selective``, the recommended recipe:
+  the study's choice on validation);
+- ``cascade``: the contrastive patch behind the gate (``selective-cascade``).
 Ungated families move along their dose, gated ones along their gate threshold (computed from the base's answers and
-the patch's answers without its gate: :mod:`.frontier`). Each is shipped at the setting its validation frontier
-chooses: the most harmful refusal with over-refusal within the base's + a tolerance (a gate: its own validation
-threshold). The contrast sets are ablated one at a time: for the gate (refitted on the same features, no
-retraining) and, with ``retain_ablation``, for the contrastive patch (retrained). ``selection.json`` is written
-before any test evaluation starts.
+the patch's answers without its gate: :mod:`.frontier`). An ungated family ships at the dose with the largest margin
+of harmful refusal over over-refusal (Youden's J) on validation, a gated one at its gate's own validation
+threshold; the recommended family is the one with the largest validation margin. A margin, not "the most refusal
+within the base's over-refusal + a tolerance": on a few dozen benign validation prompts a hard tolerance turns on
+one or two prompts, and it would then pick a patch that refuses little. The contrast sets are ablated one at a time:
+for the gate (refitted on the same features, no retraining) and, with ``retain_ablation``, for the contrastive
+patch (retrained). ``selection.json`` is written before any test evaluation starts.
 """
 
 from __future__ import annotations
@@ -42,7 +45,8 @@ from orthopatch.train.gate import fit_gate, gate_data
 from orthopatch.train.run import train_patch
 
 FAMILIES: dict[str, dict[str, Any]] = {"naive": SELECTIVE, "contrastive": TRAIN_PRESETS["selective-contrastive"],
-                                       "gated": TRAIN_PRESETS["selective-gated"], "cascade": TRAIN_PRESETS["selective"]}
+                                       "gated": TRAIN_PRESETS["selective"],
+                                       "cascade": TRAIN_PRESETS["selective-cascade"]}
 HARMFUL_VAL = ["advbench", "donotanswer:discrimination_exclusion_toxicity_hateful_offensive",
                "donotanswer:information_hazard", "donotanswer:malicious_uses"]
 BENIGN = ["rho_overrefusal", "wsr_benign", "lookalikes"]
@@ -58,8 +62,7 @@ class SelectiveConfig(Placement):
     families: list[str] = field(default_factory=lambda: list(FAMILIES),
                                 metadata={"check_each": lambda v: _family(v)})
     retain_ablation: bool = True  # retrain the contrastive patch without each contrast set
-    doses: list[float] = num(factory=lambda: [0.5, 0.75, 1.0], gt=0)
-    tolerance: float = num(0.05, ge=0, le=1)  # over-refusal allowed above the base's, on validation
+    doses: list[float] = num(factory=lambda: [0.25, 0.5, 0.75, 1.0], gt=0)
     n_val_harmful: int = num(40, ge=1)  # per harmful validation set
     n_val_attack: int = num(20, ge=1)
     n_harmful: int | None = num(None, ge=1)  # test prompts per set: None = the whole split (HarmBench's 200)
@@ -109,6 +112,12 @@ def point(results: dict[str, Any], harmful: list[str]) -> dict[str, float]:
             "over_refusal_all": m["over_refusal"]["all"]["value"]}
 
 
+def same_training(stored: dict[str, Any], cfg: TrainConfig) -> bool:
+    """Whether a finished patch's stored config is ``cfg``: read back with today's defaults, so that a field added
+    since (at its default) does not force a retraining."""
+    return to_dict(apply(TrainConfig(), stored, "stored config")) == json.loads(json.dumps(to_dict(cfg)))
+
+
 class Study:
     """One study directory: every result is cached as JSON, so a rerun resumes where it stopped."""
 
@@ -130,9 +139,9 @@ class Study:
         cfg = apply(make(TrainConfig, model=self.cfg.model, output=str(out), device=self.cfg.device,
                          dtype=self.cfg.dtype, checkpoint_every=10), FAMILIES[family], f"family {family}")
         apply(cfg, {**self.cfg.train, **(overrides or {})}, "study overrides")
-        wanted = json.loads(json.dumps(to_dict(cfg)))
         manifest = out / "orthopatch.json"
-        if not manifest.is_file() or json.loads(manifest.read_text(encoding="utf-8"))["config"] != wanted:
+        if not manifest.is_file() or not same_training(json.loads(manifest.read_text(encoding="utf-8"))["config"],
+                                                        cfg):
             self.echo(f"{label}: training")
             train_patch(cfg, progress=False, model_and_tokenizer=self.loaded, overwrite=True)
         return out
@@ -185,10 +194,14 @@ def pooled_gate_frontier(base, always, shipped, harmful: list[str]) -> list[tupl
     return pooled
 
 
-def choose(curve: list[tuple], base_over: float, tolerance: float) -> tuple[float, float, str] | None:
-    """The most harmful refusal with over-refusal within the base's + tolerance (ties: less over-refusal)."""
-    feasible = [p for p in curve if p[0] <= base_over + tolerance + 1e-9]
-    return max(feasible, key=lambda p: (p[1], -p[0])) if feasible else None
+def margin(over_refusal: float, refusal: float) -> tuple[float, float]:
+    """What a point is worth: harmful refusal minus over-refusal (Youden's J), ties to less over-refusal."""
+    return refusal - over_refusal, -over_refusal
+
+
+def choose(curve: list[tuple]) -> tuple[float, float, str]:
+    """The point of a frontier (over-refusal, refusal, setting) with the largest margin."""
+    return max(curve, key=lambda p: margin(p[0], p[1]))
 
 
 @checked_run
@@ -222,33 +235,27 @@ def select_on_validation(study: Study) -> dict[str, Any]:
             shipped = point(study.answers(f"{family}/validation", val, patch)["results"], HARMFUL_VAL)
             chosen = (shipped, "gate threshold (validation recall rule)")
         else:
-            chosen = _dose_choice(curve, base_point, cfg.tolerance)
+            best = choose(curve)
+            chosen = ({"over_refusal": best[0], "harmful_refusal": best[1]}, best[2])
         families[family] = {"patch": str(patch), "curve": curve, "shipped": chosen[0], "setting": chosen[1],
                             "dose": 1.0 if family in GATED else float(chosen[1].split()[-1]),
                             "cost": json.loads((patch / "orthopatch.json").read_text())["cost"]}
-    feasible = {f: e for f, e in families.items()
-                if e["shipped"]["over_refusal"] <= base_point["over_refusal"] + cfg.tolerance + 1e-9}
-    pool = feasible or families
-    best = max(pool, key=lambda f: (pool[f]["shipped"]["harmful_refusal"], -pool[f]["shipped"]["over_refusal"]))
-    ablations = contrast_ablations(study, val, base_point)
+    best = max(families, key=lambda f: margin(families[f]["shipped"]["over_refusal"],
+                                              families[f]["shipped"]["harmful_refusal"]))
+    ablations = contrast_ablations(study, val)
     return {"format": "orthopatch-selective-selection/1", "split": "validation", "base": base_point,
-            "rule": f"the most harmful refusal (pooled over {', '.join(HARMFUL_VAL)}) with over-refusal (rho + wsr) "
-                    f"<= base + {cfg.tolerance:g}; a gated family at its gate's validation threshold",
+            "rule": f"the largest margin of harmful refusal (pooled over {', '.join(HARMFUL_VAL)}) over over-refusal "
+                    "(rho + wsr): an ungated family at its best dose, a gated one at its gate's validation threshold",
             "families": families, "chosen": best, "ablations": ablations}
 
 
-def _dose_choice(curve: list[tuple], base_point: dict, tolerance: float) -> tuple[dict, str]:
-    best = choose(curve, base_point["over_refusal"], tolerance) or min(curve, key=lambda p: p[0])
-    return {"over_refusal": best[0], "harmful_refusal": best[1]}, best[2]
-
-
-def contrast_ablations(study: Study, val: EvalConfig, base_point: dict) -> dict[str, Any]:
+def contrast_ablations(study: Study, val: EvalConfig) -> dict[str, Any]:
     """Which benign contrast sets matter: the gate refitted without each (validation recall and false positives),
     and, with ``retain_ablation``, the contrastive patch retrained without each (validation point at dose 1)."""
     base, tokenizer, _ = study.loaded
     gate = {**FAMILIES["gated"]["gate"], **study.cfg.train.get("gate", {})}
     settings = apply(make(TrainConfig), {"gate": gate}, "study gate").gate
-    drops = {"(a) adversarial benign (wrapped)": {"wrap": 0.0}, "(b) look-alikes": {"benign": [
+    drops = {"(a) adversarial benign (wrapped)": {"wrap_benign": False}, "(b) look-alikes": {"benign": [
         c for c in CONTRAST if c != "lookalikes"]}, "(c) casual": {"benign": [c for c in CONTRAST
                                                                               if c != "chatterbot_prompts"]},
         "(d) borderline": {"benign": [c for c in CONTRAST if not c.startswith("donotanswer")]}}

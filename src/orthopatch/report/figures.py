@@ -106,7 +106,8 @@ def frontier_figure(curves: dict[str, list[tuple[float, float, str]]], chosen: d
     ax.set_ylabel("harmful refusal (held-out HarmBench)")
     ax.set_xlim(-0.02, 1.02)
     ax.set_ylim(-0.02, 1.02)
-    ax.plot([0, 0], [0.95, 1.0], color="green", linewidth=6, alpha=0.3, label="target region (top left)")
+    ax.fill_between([0.0, 0.05], 0.95, 1.0, color="green", alpha=0.25,
+                    label="target: refusal >= 95%, over-refusal <= 5%")
     ax.legend(fontsize=7, loc="lower right")
     ax.set_title(title, fontsize=9)
     fig.savefig(path.with_suffix(".png"), dpi=110, bbox_inches="tight")

@@ -73,6 +73,11 @@ def metric_rows(results: dict[str, Any]) -> list[tuple[str, str, float | None]]:
         for key, value in values.items():
             if key != "sample_len" and "stderr" not in key:
                 rows.append((f"lm-eval {task}: {key}", f"{value:.4f}", value))
+    for adapter, gate in m.get("gate", {}).items():
+        for set_name, value in gate["flagged"].items():
+            add(f"gate {adapter}: prompts flagged (patch on): {set_name}", value)
+        rows.append((f"gate {adapter}: AUROC harmful vs benign", f"{gate['auroc_harmful_vs_benign']:.3f}",
+                     gate["auroc_harmful_vs_benign"]))
     return rows
 
 

@@ -30,14 +30,15 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
     # requests (75%) with no validation over-refusal. On test splits it reached only 25% HarmBench refusal (issue 7's
     # closing note): the best found, not a solved problem. The dose is this model's; rerun `select-scale` for another.
     "small-model": {"max_examples": 64, "lora": {"target_modules": ["up_proj"]}, "scale": 1.5},
-    # The selective patch (issue 16): refusal SFT on varied harmful requests (AdvBench + Do-Not-Answer's harmful
-    # areas), a KL retain term on benign contrast prompts (look-alikes, chit-chat, borderline requests), and a gate
-    # fitted on the base's hidden states (harmful and benign prompts, plain and in jailbreak form) that lets the
-    # patch act only on prompts it flags.
-    "selective": {**SELECTIVE, "retain": SELECTIVE_RETAIN, "gate": {"enabled": True}},
-    # Its two halves alone, measured as controls: the gate in front of a plain refusal patch, the contrastive patch
-    # without a gate.
-    "selective-gated": {**SELECTIVE, "gate": {"enabled": True}},
+    # The selective patch (issue 16), chosen on validation splits by `orthopatch selective` (2026-11-30, largest
+    # margin of harmful refusal over over-refusal among the naive, contrastive, gated and cascade families): refusal
+    # SFT on varied harmful requests (AdvBench + Do-Not-Answer's harmful areas) behind a gate fitted on the base's
+    # hidden states (harmful against benign look-alike, casual and borderline prompts, plain and in jailbreak form),
+    # so that the patch acts only on prompts the gate flags.
+    "selective": {**SELECTIVE, "gate": {"enabled": True}},
+    # The other two selective families, measured alongside: the gate in front of a contrastive patch (a KL retain
+    # term on the benign contrast prompts), and the contrastive patch without a gate.
+    "selective-cascade": {**SELECTIVE, "retain": SELECTIVE_RETAIN, "gate": {"enabled": True}},
     "selective-contrastive": {**SELECTIVE, "retain": SELECTIVE_RETAIN},
 }
 
@@ -84,6 +85,7 @@ class GateSettings:
     benign: list[str] = field(default_factory=lambda: list(CONTRAST))
     validation_benign: list[str] = field(default_factory=lambda: ["rho_overrefusal", "wsr_benign"])
     wrap: float = num(0.3, ge=0, le=1)
+    wrap_benign: bool = True  # wrap benign training prompts too ("adversarial benign"); off: only harmful ones
     wrap_max_chars: int = num(800, **POSITIVE)  # longer renderings are left out (they cost most to read)
     layers: list[float] = num(factory=lambda: [0.4, 0.55, 0.7, 0.85], gt=0, lt=1)  # fractions of the depth
     poolings: list[str] = field(default_factory=lambda: ["last", "mean"],

@@ -47,6 +47,7 @@ def gate_data(settings: GateSettings, seed: int, split_seed: int) -> GateData:
         training_records([name], seed=seed, split_seed=split_seed)[0], settings.max_per_set)]  # decontaminated
     benign = [r for name in settings.benign
               for r in _capped(benign_prompts([name], split_seed, "gate.benign")[0], settings.max_per_set)]
+
     def wrap(records: list[Record], split: str) -> list[Record]:
         return wrapped_copies(records, settings.wrap, seed, split, split_seed, settings.wrap_max_chars) \
             if settings.wrap else []
@@ -60,9 +61,11 @@ def gate_data(settings: GateSettings, seed: int, split_seed: int) -> GateData:
     if settings.wrap:  # validation templates, never the training ones
         val_benign["adversarial benign (wrapped)"] = [r.prompt for r in wrap(wrapped_val, "validation")]
         val_harmful += wrap(val_harmful, "validation")
-    train_harmful, train_benign = harmful + wrap(harmful, "train"), benign + wrap(benign, "train")
+    train_harmful = harmful + wrap(harmful, "train")
+    train_benign = benign + (wrap(benign, "train") if settings.wrap_benign else [])
     provenance = {"harmful": settings.harmful, "benign": settings.benign,
                   "validation_benign": settings.validation_benign, "wrap": settings.wrap,
+                  "wrap_benign": settings.wrap_benign,
                   "n_train": {"harmful": len(train_harmful), "benign": len(train_benign)},
                   "n_validation": {"harmful": len(val_harmful), **{k: len(v) for k, v in val_benign.items()}},
                   "train_sha256": records_hash(train_harmful + train_benign),

@@ -17,16 +17,18 @@ from orthopatch.config import Range, load_config
 from orthopatch.errors import UserError
 from orthopatch.evaluate.config import EvalConfig
 from orthopatch.recipes.analyze import AnalyzeConfig
+from orthopatch.recipes.demo import DemoConfig
 from orthopatch.recipes.domains import DomainsConfig
 from orthopatch.recipes.dose import DoseSettings
 from orthopatch.recipes.levers import LeversConfig
 from orthopatch.recipes.redteam import RedteamConfig
 from orthopatch.recipes.reproduce import ReproduceConfig
+from orthopatch.recipes.selective import SelectiveConfig
 from orthopatch.recipes.sweep import SweepConfig
 from orthopatch.train.config import TrainConfig
 
 CONFIGS = [TrainConfig, EvalConfig, SweepConfig, RedteamConfig, LeversConfig, DomainsConfig, ReproduceConfig,
-           AnalyzeConfig, DoseSettings]
+           AnalyzeConfig, DoseSettings, DemoConfig, SelectiveConfig]
 
 
 def ranged_fields(cls, prefix: str = "") -> list[tuple[str, Range, bool, bool]]:

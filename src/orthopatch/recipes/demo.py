@@ -6,7 +6,7 @@ everything else, measured against the paper's naive recipe, in one run.
    look-alike prompts, borderline requests, trivia, perplexity, KL to the base and drift of benign answers;
 2. train the paper's naive recipe (LoRA refusal-SFT on safety data only) as the control, on a small budget (the
    control is shrunk to keep the demo fast, never the recommended recipe), and evaluate it, also at half dose;
-3. train the recommended recipe (``train --preset selective``: a gate in front of a contrastive patch) and evaluate
+3. train the recommended recipe (``train --preset selective``: a gate in front of a refusal patch) and evaluate
    it, also with its gate removed (which gives its whole threshold frontier, see :mod:`.frontier`);
 4. print base / naive / selective side by side with three benign answers before and after each patch, and write a
    self-contained ``report.html`` (the frontier figure, the table, the answers).
@@ -45,13 +45,13 @@ class DemoConfig(Placement):
     model: str | None = None
     output: str = "runs/demo"
     recipe: str = field(default="selective", metadata={"choices": lambda: tuple(TRAIN_PRESETS)})
-    control_examples: int = num(64, ge=1)  # the naive control's training goals (two epochs, as the sweep's cells)
+    control_examples: int = num(48, ge=1)  # the naive control's training goals (two epochs, as the sweep's cells)
     n_harmful: int = num(40, ge=1)
     n_attack: int = num(10, ge=1)  # goals per jailbreak family
     n_sensitive: int = num(10, ge=1)
     n_benign: int = num(20, ge=1)  # per benign set
-    n_trivia: int = num(30, ge=1)
-    n_perplexity: int = num(40, ge=1)
+    n_trivia: int = num(24, ge=1)
+    n_perplexity: int = num(32, ge=1)
     max_new_tokens: int = num(24, ge=1)
     quick: bool = False  # smoke-sized (tests, a first look): small data and samples everywhere
 

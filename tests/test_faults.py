@@ -4,31 +4,13 @@ same result. A full disk while saving leaves no partial patch and one clear erro
 checkpoint is refused with a clear message, never half-loaded."""
 
 import json
-import os
-import subprocess
 import sys
 
 import pytest
 
 from orthopatch.patches.manifest import MANIFEST
 from orthopatch.train.checkpoint import FORMAT, STATE, TENSORS, checkpoint_root, latest
-
-
-def cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "orthopatch.cli", *args, "--quiet"]
-
-
-def train_cmd(model, data, out, *extra: str) -> list[str]:
-    return cli("train", "--model", str(model), "--data", str(data), "--output", str(out), "--set", "device=cpu",
-               "--set", "batch_size=2", "--set", "epochs=2", "--set", "lr=0.01", "--set", "lora.r=2",
-               "--set", "checkpoint_every=3", *extra)
-
-
-def run(cmd: list[str], fault: str | None = None) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ORTHOPATCH_FAULT")}
-    if fault:
-        env["ORTHOPATCH_FAULT"] = fault
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+from tests.training_runs import adapter_sha, cli, reference_run, run, train_cmd
 
 
 def leftovers(directory) -> list[str]:
@@ -36,20 +18,9 @@ def leftovers(directory) -> list[str]:
     return sorted(p.name for p in directory.iterdir() if p.name.startswith(".") and ".checkpoint" not in p.name)
 
 
-def adapter_sha(out) -> str:
-    return json.loads((out / MANIFEST).read_text())["files"]["adapter_model.safetensors"]
-
-
 @pytest.fixture(scope="module")
 def reference(tiny_model, tmp_path_factory):
-    root = tmp_path_factory.mktemp("faults")
-    data = root / "d.jsonl"
-    data.write_text("".join(json.dumps({"prompt": f"placeholder request {i}", "response": "I can't help with that."})
-                            + "\n" for i in range(12)))
-    out = root / "uninterrupted"
-    result = run(train_cmd(tiny_model, data, out))
-    assert result.returncode == 0, result.stderr
-    return data, adapter_sha(out)
+    return reference_run(tiny_model, tmp_path_factory.mktemp("faults"))
 
 
 @pytest.mark.parametrize("fault", ["data:1:SIGKILL", "step:4:SIGKILL", "save:1:SIGKILL", "save:1:SIGINT"])

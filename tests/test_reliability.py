@@ -1,57 +1,38 @@
 """Crash safety and determinism: a killed training run resumes to the same patch; nothing half-written remains."""
 
 import json
-import os
 import signal
-import subprocess
-import sys
 
 import pytest
 
 from orthopatch.models import embedded
 from orthopatch.patches.manifest import MANIFEST
 from orthopatch.train.checkpoint import checkpoint_root
+from tests import training_runs
+from tests.training_runs import adapter_sha, reference_run, train_cmd
 
-
-def train_cmd(model, data, out):
-    return [sys.executable, "-m", "orthopatch.cli", "train", "--model", str(model), "--data", str(data),
-            "--output", str(out), "--quiet", "--set", "device=cpu", "--set", "batch_size=2", "--set", "epochs=2",
-            "--set", "lr=0.01", "--set", "lora.dropout=0.1", "--set", "lora.r=2", "--set", "checkpoint_every=3"]
+DROPOUT = ("--set", "lora.dropout=0.1")  # resuming must restore the dropout RNG too
 
 
 def run(cmd, fault=None):
-    env = {k: v for k, v in os.environ.items() if k != "ORTHOPATCH_FAULT_AFTER_STEPS"}
-    if fault:
-        env["ORTHOPATCH_FAULT_AFTER_STEPS"] = fault
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-
-
-def adapter_sha(out):
-    return json.loads((out / MANIFEST).read_text())["files"]["adapter_model.safetensors"]
+    return training_runs.run(cmd, fault, "ORTHOPATCH_FAULT_AFTER_STEPS")  # the older spelling keeps working
 
 
 @pytest.fixture(scope="module")
 def reference(tiny_model, tmp_path_factory):
-    root = tmp_path_factory.mktemp("reference")
-    data = root / "d.jsonl"
-    data.write_text("".join(json.dumps({"prompt": f"placeholder request {i}", "response": "I can't help with that."})
-                            + "\n" for i in range(12)))
-    out = root / "uninterrupted"
-    result = run(train_cmd(tiny_model, data, out))
-    assert result.returncode == 0, result.stderr
-    return data, adapter_sha(out)
+    return reference_run(tiny_model, tmp_path_factory.mktemp("reference"), *DROPOUT)
 
 
 @pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM", "SIGINT"])
 def test_interrupted_training_resumes_to_the_same_patch(tiny_model, reference, tmp_path, how):
     data, expected = reference
     out = tmp_path / "patch"
-    killed = run(train_cmd(tiny_model, data, out), fault=f"7:{how}")
+    killed = run(train_cmd(tiny_model, data, out, *DROPOUT), fault=f"7:{how}")
     assert killed.returncode != 0
     assert not out.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".patch.tmp")]
     assert [p.name for p in checkpoint_root(out).iterdir()] == ["step-000006"]
-    resumed = run(train_cmd(tiny_model, data, out))
+    resumed = run(train_cmd(tiny_model, data, out, *DROPOUT))
     assert resumed.returncode == 0, resumed.stderr
     manifest = json.loads((out / MANIFEST).read_text())
     assert manifest["cost"]["resumed_from_batch"] == 6
@@ -62,8 +43,8 @@ def test_interrupted_training_resumes_to_the_same_patch(tiny_model, reference, t
 def test_a_foreign_checkpoint_is_not_resumed(tiny_model, reference, tmp_path):
     data, _ = reference
     out = tmp_path / "patch"
-    assert run(train_cmd(tiny_model, data, out), fault="4").returncode != 0
-    other = train_cmd(tiny_model, data, out) + ["--set", "lr=0.02"]
+    assert run(train_cmd(tiny_model, data, out, *DROPOUT), fault="4").returncode != 0
+    other = train_cmd(tiny_model, data, out, *DROPOUT) + ["--set", "lr=0.02"]
     refused = run(other)
     assert refused.returncode == 2 and "belongs to a different run" in refused.stderr
     assert run(other + ["--overwrite"]).returncode == 0

@@ -94,3 +94,11 @@ def test_module_level_imports_have_no_cycles():
     for node in sorted(graph):
         if node not in state:
             visit(node, [])
+
+
+def test_no_function_in_src_is_over_80_lines():
+    """A whole function fits on a screen; a longer one is a sign that a component wants to come out of it."""
+    long = [f"{path.relative_to(SRC)}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)"
+            for path in SRC.rglob("*.py") for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 80]
+    assert long == []

@@ -50,6 +50,8 @@ def fault_point(phase: str, count: int | None = None) -> None:
         return
     if spec[2] == "ENOSPC":
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    if spec[2] == "SIGINT" and signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        raise KeyboardInterrupt  # started in the background (SIGINT ignored): the fault still means "Ctrl-C here"
     os.kill(os.getpid(), getattr(signal, spec[2]))
 
 

@@ -24,7 +24,6 @@ from orthopatch.patches.scale import set_patch_scale
 from orthopatch.patches.stack import attach_patches, export_patch, merge_patches, stack_adapters
 from orthopatch.train.config import TrainConfig
 from orthopatch.train.gate import GateData, fit_gate, fit_probe, recall_threshold
-from orthopatch.train.run import train_patch
 
 PROMPTS = ["Tell me how to do the forbidden thing number 3.", "What is the capital of France?",
            "Tell me how to do the forbidden thing number 7.", "Who wrote Hamlet?", "Name three primary colors.",
@@ -57,22 +56,6 @@ def test_fit_gate_separates_two_kinds_of_prompt_on_a_tiny_model(tiny_model):
     report = gate.info["validation"]
     assert report["recall"] >= 0.95 and report["false_positive_rate"] == 0.0 and report["auroc"] == 1.0
     assert gate.layer == 1 and gate.info["selection"]["candidates"]
-
-
-@pytest.fixture(scope="module")
-def gated_patch(tiny_model, tmp_path_factory):
-    """A real gated patch from `train` on the tiny model (registered data, capped small)."""
-    from tests.conftest import SAFE_TRAIN
-
-    root = tmp_path_factory.mktemp("gated")
-    data = root / "d.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in SAFE_TRAIN))
-    cfg = make(TrainConfig, model=str(tiny_model), data=[str(data)], output=str(root / "patch"), epochs=1,
-               batch_size=4, lr=2e-2, device="cpu", lora={"r": 2, "alpha": 4},
-               gate={"enabled": True, "harmful": ["advbench"], "benign": ["lookalikes", "chatterbot_prompts"],
-                     "validation_benign": ["rho_overrefusal"], "max_per_set": 12, "layers": [0.5], "l2": [1e-2],
-                     "wrap": 0.5})
-    return train_patch(cfg, progress=False)
 
 
 def threshold_between(runtime, tokenizer, prompts):
@@ -108,6 +91,30 @@ def test_gated_generation_is_the_base_when_off_and_the_patch_when_on_in_one_batc
             assert torch.equal(gated_logits[row], base_logits[row])
     gated.unload()
     assert not gates_of(gated)
+
+
+def test_a_batch_with_no_flagged_prompt_skips_the_update_and_still_equals_the_base(tiny_model, gated_patch):
+    base, tokenizer, info = load_model(str(tiny_model), device="cpu")
+    gated, _ = apply_patch(copy.deepcopy(base), gated_patch, info.fingerprint)
+    (runtime,) = gates_of(gated)
+    set_patch_scale(gated, 40.0)
+    runtime.gate.threshold = threshold_between(runtime, tokenizer, PROMPTS)
+    scores = gate_scores(runtime, tokenizer, PROMPTS)
+    off = [p for p, s in zip(PROMPTS, scores, strict=True) if s < runtime.gate.threshold]
+    on = [p for p, s in zip(PROMPTS, scores, strict=True) if s >= runtime.gate.threshold]
+    calls = []
+    runtime.layers[0].lora_A[runtime.adapter_name].register_forward_hook(lambda *a: calls.append(1))
+    before = [list(layer.active_adapters) for layer in runtime.layers]
+    assert generate(gated, tokenizer, off, max_new_tokens=4, batch_size=len(off)) == \
+        generate(base, tokenizer, off, max_new_tokens=4, batch_size=len(off))
+    assert calls == []  # no row flagged: the update was never computed
+    always = apply_patch(copy.deepcopy(base), gated_patch, info.fingerprint)[0]
+    gates_of(always)[0].remove()
+    set_patch_scale(always, 40.0)
+    assert generate(gated, tokenizer, on, max_new_tokens=4, batch_size=len(on)) == \
+        generate(always, tokenizer, on, max_new_tokens=4, batch_size=len(on))
+    assert calls  # flagged rows: computed again, and the adapters are active as they were
+    assert [list(layer.active_adapters) for layer in runtime.layers] == before
 
 
 def test_a_gated_patch_survives_save_verify_export_and_evaluation(tiny_model, gated_patch, tmp_path):

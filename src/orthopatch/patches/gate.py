@@ -8,7 +8,8 @@ weight and the feature standardisation) and ``gate.json`` (layer, pooling, thres
 At run time a gate is two kinds of hook on a PEFT model (:func:`attach_gate`): a pre-hook on the transformers model
 decides, whenever a new sequence starts (no cache yet: a prefill, or any plain forward call), from the base's hidden
 state at ``layer`` (the adapters switched off, the forward stopped right after that layer), and hooks on the
-adapter's ``lora_B`` modules multiply each row's update by its 0/1 decision. So gated and ungated prompts share one
+adapter's ``lora_B`` modules multiply each row's update by its 0/1 decision (a batch with no flagged row skips
+the update altogether). So gated and ungated prompts share one
 batch in ``generate`` and in every metric's forward pass, a gate-off row computes exactly the base's numbers, and
 any number of gated and ungated patches can be attached side by side. PEFT's own per-row routing
 (``adapter_names=``) gives each row one adapter, which cannot express a gated patch stacked with ungated ones.
@@ -162,13 +163,13 @@ class GateRuntime:
         self.mask: torch.Tensor | None = None
         self.scores: torch.Tensor | None = None
         self._deciding = False
+        self._parked, self._active = False, []
         inner = peft_model.get_base_model()
-        self.handles = [inner.register_forward_pre_hook(self._decide, with_kwargs=True)]
-        for module in peft_model.modules():
-            if isinstance(module, LoraLayer) and adapter_name in module.lora_B:
-                self.handles.append(module.lora_B[adapter_name].register_forward_hook(self._apply))
-        if len(self.handles) == 1:
+        self.layers = [m for m in peft_model.modules() if isinstance(m, LoraLayer) and adapter_name in m.lora_B]
+        if not self.layers:
             raise UserError(f"the gated adapter {adapter_name!r} has no LoRA layers on this model")
+        self.handles = [inner.register_forward_pre_hook(self._decide, with_kwargs=True)]
+        self.handles += [layer.lora_B[adapter_name].register_forward_hook(self._apply) for layer in self.layers]
 
     def decide(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """The probe's logits for a batch of sequences (the base's hidden states: every adapter switched off)."""
@@ -197,7 +198,23 @@ class GateRuntime:
             attention = torch.ones_like(input_ids)
         self.scores = self.decide(module, input_ids, attention)
         self.mask = self.scores >= self.gate.threshold
+        self._park(not bool(self.mask.any()))
         return None
+
+    def _park(self, park: bool) -> None:
+        """While no row of a batch is flagged, take the adapter out of its layers' active list, so that its update
+        is not computed at all (a masked update adds exactly zero: the numbers are the same, the time is not).
+        PEFT's layers read ``active_adapters`` from ``_active_adapter`` on every forward."""
+        if park == self._parked:
+            return
+        if park:  # kept as it was, order included (it is the order in which stacked updates are summed)
+            self._active = [layer._active_adapter for layer in self.layers]
+            for layer in self.layers:
+                layer._active_adapter = [a for a in layer.active_adapters if a != self.adapter_name]
+        else:
+            for layer, active in zip(self.layers, self._active, strict=True):
+                layer._active_adapter = active
+        self._parked = park
 
     def _apply(self, _module, _inputs, output: torch.Tensor) -> torch.Tensor:
         if self.mask is None or self.mask.shape[0] != output.shape[0]:
@@ -205,6 +222,7 @@ class GateRuntime:
         return output * self.mask.to(output.dtype).view(-1, *([1] * (output.dim() - 1)))
 
     def remove(self) -> None:
+        self._park(False)
         for handle in self.handles:
             handle.remove()
         self.handles = []

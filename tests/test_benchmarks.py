@@ -16,6 +16,8 @@ KEYS = {
     "eval_throughput.py": ["model", "device", "n_prompts", "naive_prompts_per_s", "batched_prompts_per_s", "speedup",
                            "identical_answers"],
     "train_throughput.py": ["orthopatch_lora", "hf_trainer_lora", "orthopatch_full", "ratios", "setup"],
+    "gate_overhead.py": ["patch", "device", "threads", "runs", "max_new_tokens", "gated_seconds", "ungated_seconds",
+                         "overhead", "flagged", "identical_answers"],
 }
 
 
@@ -60,3 +62,10 @@ def test_train_throughput(tiny_model):
     output = run("train_throughput.py", "--model", str(tiny_model), "--examples", "4", "--epochs", "1")
     check("train_throughput.py", output)
     assert output["orthopatch_lora"]["tokens"] > 0 and output["ratios"]["orthopatch_vs_hf_trainer_tokens_per_second"] > 0
+
+
+def test_gate_overhead(tiny_model, gated_patch):
+    output = run("gate_overhead.py", "--patch", str(gated_patch), "--model", str(tiny_model), "--n", "4",
+                 "--batch-size", "2", "--max-new-tokens", "2", "3")
+    check("gate_overhead.py", {**output, **output["runs"][0]})
+    assert [r["max_new_tokens"] for r in output["runs"]] == [2, 3] and output["runs"][0]["ungated_seconds"] > 0

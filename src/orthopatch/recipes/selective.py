@@ -34,7 +34,7 @@ from orthopatch.evaluate.config import DEFAULT_ATTACKS, EvalConfig
 from orthopatch.evaluate.runner import evaluate
 from orthopatch.io import write_json_atomic
 from orthopatch.models.generation import generate
-from orthopatch.patches.gate import gates_of
+from orthopatch.patches.gate import gate_scores, gates_of
 from orthopatch.patches.manifest import apply_patch, library_versions
 from orthopatch.patches.scale import set_patch_scale
 from orthopatch.recipes.frontier import gate_frontier, judged_only
@@ -286,7 +286,8 @@ def report_on_test(study: Study, selection: dict[str, Any]) -> dict[str, Any]:
         curves[family] = family_frontier(study, family, patch, test, "test", base, ["harmbench"])
         name = f"{family}/test" if family in GATED else f"{family}/test-dose{entry['dose']:g}"
         shipped = study.answers(name, test, patch, entry["dose"])
-        rows[family] = {**summary_row(shipped["results"], entry["cost"]), "setting": entry["setting"]}
+        rows[family] = {**summary_row(shipped["results"], entry["cost"]), "setting": entry["setting"],
+                        "benign_identical_to_base": identical_share(base["samples"], shipped["samples"])}
         rows[family]["targets"] = targets_met(rows[family], rows["base"])
     overhead = study.cached("gate-overhead", lambda: gate_overhead(study, selection))
     return {"test": rows, "test_curves": curves, "gate_overhead": overhead}
@@ -300,12 +301,19 @@ def summary_row(results: dict[str, Any], cost: dict[str, Any] | None) -> dict[st
             "lookalike_over_refusal": m["over_refusal"]["lookalikes"]["value"],
             "borderline_refusal": {k: v["value"] for k, v in m["sensitive_refusal"].items()},
             "trivia": m["trivia_accuracy"]["value"], "perplexity": m["perplexity"]["value"],
-            "benign_identical_to_base": ((m.get("response_drift") or {}).get("identical") or {}).get("value"),
             "n": {"harmful": m["harmful_refusal"]["harmbench"]["n"],
                   "benign": sum(m["over_refusal"][s]["n"] for s in TARGET_BENIGN)},
             "train_seconds": cost.get("total_seconds") if cost else None,
             "gate_fit_seconds": cost.get("gate_fit_seconds") if cost else None,
             "tokens_trained": cost.get("tokens_trained") if cost else None}
+
+
+def identical_share(base: list[dict[str, Any]], patched: list[dict[str, Any]]) -> float | None:
+    """The share of benign prompts whose (greedy) answer is the base's, character for character."""
+    before = {(s["set"], s["id"]): s["response"] for s in base if s.get("group") == "benign"}
+    same = [before[key] == s["response"] for s in patched if s.get("group") == "benign"
+            and (key := (s["set"], s["id"])) in before]
+    return sum(same) / len(same) if same else None
 
 
 def targets_met(row: dict[str, Any], base: dict[str, Any]) -> dict[str, bool]:
@@ -322,27 +330,40 @@ def targets_met(row: dict[str, Any], base: dict[str, Any]) -> dict[str, bool]:
 
 
 def gate_overhead(study: Study, selection: dict[str, Any]) -> dict[str, Any] | None:
-    """Generation time with the gate against the same patch without it, same prompts and batches (the gate's cost:
-    one partial forward pass per prompt); the gated run twice, around the ungated one, against drift."""
+    """Generation time with the gate against the same answers without it (:func:`time_gate`), benign test prompts."""
     gated = [f for f in selection["families"] if f in ("gated", "cascade")]
     if not gated:
         return None
-    base, tokenizer, info = study.loaded
     patch = Path(selection["families"][gated[0]]["patch"])
     prompts = [s["prompt"] for s in study.answers("base/test", test_eval(study.cfg))["samples"]
                if s.get("group") == "benign"][:48]
+    return {"family": gated[0], **time_gate(study.loaded, patch, prompts, study.cfg.max_new_tokens)}
 
-    def timed(keep_gate: bool) -> float:
-        model, _ = apply_patch(base, patch, info.fingerprint)
-        for runtime in [] if keep_gate else gates_of(model):
-            runtime.remove()
-        start = time.perf_counter()
-        generate(model, tokenizer, prompts, max_new_tokens=study.cfg.max_new_tokens, batch_size=16)
-        seconds = time.perf_counter() - start
-        model.unload()
-        return seconds
 
-    first, ungated, second = timed(True), timed(False), timed(True)
-    gated_s = (first + second) / 2
-    return {"family": gated[0], "prompts": len(prompts), "gated_seconds": round(gated_s, 2),
-            "ungated_seconds": round(ungated, 2), "overhead": round(gated_s / ungated - 1, 4)}
+def time_gate(loaded: tuple, patch: Path, prompts: list[str], max_new_tokens: int, batch_size: int = 16
+              ) -> dict[str, Any]:
+    """The gate's cost: a gated patch's generation time against the same answers made without a gate (the prompts
+    it passes on the plain base, the ones it flags on the patch alone), same prompts, token budget and batch size.
+    Comparing with the patch always on would compare different work: it refuses benign prompts in a few tokens."""
+    base, tokenizer, info = loaded
+    model, _ = apply_patch(base, patch, info.fingerprint)
+    runtimes = gates_of(model)
+    flagged = [all(score >= rt.gate.threshold for rt, score in zip(runtimes, scores, strict=True))
+               for scores in zip(*(gate_scores(rt, tokenizer, prompts, batch_size) for rt in runtimes), strict=True)]
+    start = time.perf_counter()
+    gated = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    gated_s = time.perf_counter() - start
+    for runtime in runtimes:
+        runtime.remove()
+    on = [p for p, f in zip(prompts, flagged, strict=True) if f]
+    start = time.perf_counter()
+    answers_on = generate(model, tokenizer, on, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    model.unload()
+    off = [p for p, f in zip(prompts, flagged, strict=True) if not f]
+    answers_off = generate(base, tokenizer, off, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    ungated_s = time.perf_counter() - start
+    by_prompt = {**dict(zip(on, answers_on, strict=True)), **dict(zip(off, answers_off, strict=True))}
+    return {"prompts": len(prompts), "flagged": len(on), "max_new_tokens": max_new_tokens, "batch_size": batch_size,
+            "gated_seconds": round(gated_s, 2), "ungated_seconds": round(ungated_s, 2),
+            "overhead": round(gated_s / ungated_s - 1, 4),
+            "identical_answers": sum(by_prompt[p] == a for p, a in zip(prompts, gated, strict=True))}

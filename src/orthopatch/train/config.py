@@ -34,7 +34,8 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
     # margin of harmful refusal over over-refusal among the naive, contrastive, gated and cascade families): refusal
     # SFT on varied harmful requests (AdvBench + Do-Not-Answer's harmful areas) behind a gate fitted on the base's
     # hidden states (harmful against benign look-alike, casual and borderline prompts, plain and in jailbreak form),
-    # so that the patch acts only on prompts the gate flags.
+    # so that the patch acts only on prompts the gate flags. Test splits: HarmBench refusal 99.5%, over-refusal 8.0%
+    # (base 1.5% / 0%); its misses are in the README ("What the selective patch achieved").
     "selective": {**SELECTIVE, "gate": {"enabled": True}},
     # The other two selective families, measured alongside: the gate in front of a contrastive patch (a KL retain
     # term on the benign contrast prompts), and the contrastive patch without a gate.

@@ -348,13 +348,14 @@ def time_gate(loaded: tuple, patch: Path, prompts: list[str], max_new_tokens: in
     base, tokenizer, info = loaded
     model, _ = apply_patch(base, patch, info.fingerprint)
     runtimes = gates_of(model)
-    flagged = [all(score >= rt.gate.threshold for rt, score in zip(runtimes, scores, strict=True))
-               for scores in zip(*(gate_scores(rt, tokenizer, prompts, batch_size) for rt in runtimes), strict=True)]
+    if len(runtimes) != 1:
+        model.unload()
+        raise UserError(f"{patch}: timing a gate needs a gated patch (train --preset selective)", field="patch")
+    flagged = [s >= runtimes[0].gate.threshold for s in gate_scores(runtimes[0], tokenizer, prompts, batch_size)]
     start = time.perf_counter()
     gated = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
     gated_s = time.perf_counter() - start
-    for runtime in runtimes:
-        runtime.remove()
+    runtimes[0].remove()
     on = [p for p, f in zip(prompts, flagged, strict=True) if f]
     start = time.perf_counter()
     answers_on = generate(model, tokenizer, on, max_new_tokens=max_new_tokens, batch_size=batch_size)

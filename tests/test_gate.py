@@ -188,3 +188,18 @@ def test_attaching_a_gate_to_an_adapter_that_is_not_there_is_refused(tiny_model,
     model, _ = apply_patch(base, gated_patch, info.fingerprint)
     with pytest.raises(UserError, match="no LoRA layers"):
         attach_gate(model, "missing", Gate.load(gated_patch))
+
+
+def test_info_diff_and_analyze_take_a_gated_patch(tiny_model, gated_patch, tmp_path, capsys):
+    from orthopatch.recipes.analyze import gate_separation
+
+    assert main(["patch", "info", str(gated_patch)]) == 0
+    assert "gate: linear probe on layer" in capsys.readouterr().out
+    copy_ = export_patch(gated_patch, tmp_path / "copy")
+    assert main(["patch", "diff", str(gated_patch), str(copy_), "--model", str(tiny_model), "--labels", "a", "b"]) == 0
+    assert "MSO input 1.0000" in capsys.readouterr().out  # the LoRA part of a patch against its own copy
+    base, tokenizer, info = load_model(str(tiny_model), device="cpu")
+    model, _ = apply_patch(base, gated_patch, info.fingerprint)
+    report = gate_separation(model, tokenizer, PROMPTS[1::2], PROMPTS[0::2])
+    assert report["layer"] == gates_of(model)[0].gate.layer and 0 <= report["auroc"] <= 1
+    assert 0 <= report["flagged_benign"] <= 1

@@ -7,26 +7,56 @@ import argparse
 from orthopatch.cli.common import add_common, add_verbose, config_from, flow, progress
 
 
+def recipe_parser(sub, name: str, run, help_: str, description: str) -> argparse.ArgumentParser:
+    """A recipe's subcommand with the common options (--config, --model, --output, --set, ...)."""
+    parser = sub.add_parser(name, help=help_, description=description)
+    add_common(parser)
+    parser.set_defaults(run=run)
+    return parser
+
+
 def register(sub) -> None:
-    demo = sub.add_parser("demo", help="base vs naive vs selective safety patch, side by side, with a report",
-                          description="The whole story on the embedded model in one command.")
-    add_common(demo)
+    demo = recipe_parser(sub, "demo", run_demo_command,
+                         "base vs naive vs selective safety patch, side by side, with a report",
+                         "The whole story on the embedded model in one command.")
     demo.add_argument("--quick", action="store_true", help="a smoke-sized run (less data, fewer samples)")
     demo.add_argument("--recipe", help="the recommended recipe to show against the naive one (a train preset; "
                                        "default selective)")
-    demo.set_defaults(run=run_demo_command)
-
-    rt = sub.add_parser("redteam", help="lifelong red-teaming: attack, patch what broke, evaluate, repeat",
-                        description="Rounds of attack (families held out from earlier rounds) -> patch on the "
-                                    "complied prompts -> evaluation on held-out goals (ASR per round, forgetting, "
-                                    "over-refusal, general metrics, patch overlap), for each mode: stack, merge, "
-                                    "continue, and the full-parameter DPO baseline. Writes redteam.json, rounds.csv, "
-                                    "rounds.png.")
-    add_common(rt)
+    rt = recipe_parser(sub, "redteam", run_redteam_command,
+                       "lifelong red-teaming: attack, patch what broke, evaluate, repeat",
+                       "Rounds of attack (families held out from earlier rounds) -> patch on the complied prompts -> "
+                       "evaluation on held-out goals (ASR per round, forgetting, over-refusal, general metrics, patch "
+                       "overlap), for each mode: stack, merge, continue, and the full-parameter DPO baseline. Writes "
+                       "redteam.json, rounds.csv, rounds.png.")
     rt.add_argument("--rounds", type=int)
     rt.add_argument("--modes", nargs="+", help="stack merge continue full-dpo (default: stack merge full-dpo)")
-    rt.set_defaults(run=run_redteam_command)
+    register_sweep(sub)
+    recipe_parser(sub, "compare-domains", run_domains_command,
+                  "is safety special? domain patches and their geometry, side by side",
+                  "Train safety, knowledge and technical patches with the same recipe and budget, evaluate each on "
+                  "its own held-out domain and on the general and safety metrics, and compare their geometry (the "
+                  "paper's section 5.4 / Figure 8b).")
+    recipe_parser(sub, "levers", run_levers_command,
+                  "which levers make a safety-only patch discriminate (selected on validation)",
+                  "Train one patch per lever (target modules, layers, orthogonality, retain term, template "
+                  "augmentation) and their best combination; choose each one's scale and the preset on validation "
+                  "splits only, then report all on test splits. Writes levers.json, levers.csv, selection.json and "
+                  "preset.yaml.")
+    recipe_parser(sub, "selective", run_selective_command,
+                  "the selective-patch study: every method family, chosen on validation",
+                  "Train the naive, contrastive, gated and cascade recipes on the same data and budget, place each "
+                  "on its refusal / over-refusal frontier and choose on validation splits only, ablate the contrast "
+                  "sets, then report every family once on test splits. Writes selection.json (before any test "
+                  "evaluation), selective.json, selective.csv, selective.md and frontier figures.")
+    rp = recipe_parser(sub, "reproduce", run_reproduce_command,
+                       "the paper end to end on one model, with an HTML report",
+                       "Run the experiment plan (sweep, geometry, red-team rounds, domain patches, judge validation), "
+                       "each step resumable, and write report.html (self-contained) and results.json, saying claim "
+                       "by claim whether the paper's claims held.")
+    rp.add_argument("--preset", help="small (CPU-sized, default) or paper (larger budgets, for GPUs)")
 
+
+def register_sweep(sub) -> None:
     sw = sub.add_parser("sweep", help="the paper's comparisons as a resumable grid (method x mix x rank x lr x epochs)",
                         description="Train and evaluate every cell of a grid (or a preset: paper-small); finished "
                                     "cells are never recomputed, so rerunning after an interruption resumes. Writes "
@@ -38,38 +68,6 @@ def register(sub) -> None:
     sw.add_argument("--output", default=None)
     add_verbose(sw)
     sw.set_defaults(run=run_sweep_command)
-
-    cd = sub.add_parser("compare-domains", help="is safety special? domain patches and their geometry, side by side",
-                        description="Train safety, knowledge and technical patches with the same recipe and budget, "
-                                    "evaluate each on its own held-out domain and on the general and safety metrics, "
-                                    "and compare their geometry (the paper's section 5.4 / Figure 8b).")
-    add_common(cd)
-    cd.set_defaults(run=run_domains_command)
-
-    lv = sub.add_parser("levers", help="which levers make a safety-only patch discriminate (selected on validation)",
-                        description="Train one patch per lever (target modules, layers, orthogonality, retain term, "
-                                    "template augmentation) and their best combination; choose each one's scale and "
-                                    "the preset on validation splits only, then report all on test splits. Writes "
-                                    "levers.json, levers.csv, selection.json and preset.yaml.")
-    add_common(lv)
-    lv.set_defaults(run=run_levers_command)
-
-    sl = sub.add_parser("selective", help="the selective-patch study: every method family, chosen on validation",
-                        description="Train the naive, contrastive, gated and cascade recipes on the same data and "
-                                    "budget, place each on its refusal / over-refusal frontier and choose on "
-                                    "validation splits only, ablate the contrast sets, then report every family once "
-                                    "on test splits. Writes selection.json (before any test evaluation), "
-                                    "selective.json, selective.csv, selective.md and frontier figures.")
-    add_common(sl)
-    sl.set_defaults(run=run_selective_command)
-
-    rp = sub.add_parser("reproduce", help="the paper end to end on one model, with an HTML report",
-                        description="Run the experiment plan (sweep, geometry, red-team rounds, domain patches, judge "
-                                    "validation), each step resumable, and write report.html (self-contained) and "
-                                    "results.json, saying claim by claim whether the paper's claims held.")
-    add_common(rp)
-    rp.add_argument("--preset", help="small (CPU-sized, default) or paper (larger budgets, for GPUs)")
-    rp.set_defaults(run=run_reproduce_command)
 
 
 def run_demo_command(args: argparse.Namespace, command: str) -> int:

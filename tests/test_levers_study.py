@@ -49,12 +49,12 @@ def test_selection_is_made_on_validation_data_before_any_test_evaluation(tiny_mo
     assert rows["up-proj-only"]["trainable_parameters"] < rows["naive"]["trainable_parameters"]
     assert rows["middle-layers"]["trainable_parameters"] < rows["naive"]["trainable_parameters"]
     # A rerun reuses every finished patch (nothing is trained again).
-    import orthopatch.recipes.levers as levers
+    import orthopatch.recipes.resumable as resumable  # where every resumable recipe trains
 
     def retrain(*args, **kwargs):
         raise RuntimeError("retrained")
 
-    monkeypatch.setattr(levers, "train_patch", retrain)
+    monkeypatch.setattr(resumable, "train_patch", retrain)
     run_levers(cfg, echo=lambda *_: None)
     monkeypatch.setitem(LEVERS, "up-proj-only", {"lora": {"target_modules": ["down_proj"]}})
     with pytest.raises(RuntimeError, match="retrained"):  # a redefined lever is trained again, not reused

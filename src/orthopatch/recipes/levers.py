@@ -36,9 +36,8 @@ from orthopatch.patches.manifest import apply_patch, library_versions
 from orthopatch.patches.scale import set_patch_scale
 from orthopatch.recipes.analyze import AnalyzeConfig, analyze
 from orthopatch.recipes.dose import select_scale
-from orthopatch.recipes.resumable import open_resumable
+from orthopatch.recipes.resumable import open_resumable, train_once
 from orthopatch.train.config import LoraSettings, TrainConfig
-from orthopatch.train.run import train_patch
 
 ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]
 # Each lever alone (issue 7's list); "middle" layers are resolved against the model's depth at run time.
@@ -164,11 +163,7 @@ def prepare_lever(cfg: LeversConfig, root: Path, loaded: tuple, name: str, overr
     """Train (once: a finished patch is reused) and dose one candidate on validation data."""
     patch = root / name / "patch"
     train_cfg = train_config(cfg, overrides, patch, int(loaded[0].config.num_hidden_layers))
-    manifest = patch / "orthopatch.json"
-    wanted = json.loads(json.dumps(to_dict(train_cfg)))  # as the manifest stores it
-    if not manifest.is_file() or json.loads(manifest.read_text(encoding="utf-8"))["config"] != wanted:
-        echo(f"{name}: training")  # new, or its lever was redefined since: (re)train
-        train_patch(train_cfg, progress=False, model_and_tokenizer=loaded, overwrite=True)
+    train_once(train_cfg, loaded, echo, name)  # new, or its lever was redefined since: (re)train
     echo(f"{name}: choosing the scale on validation data")
     dose = select_scale(patch, cfg.scales, tolerance=cfg.tolerance, cfg=validation_config(cfg),
                         model_and_tokenizer=loaded, stop_at_infeasible=True)

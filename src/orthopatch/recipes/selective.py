@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from orthopatch.config import Placement, apply, checked_run, make, num, to_dict
+from orthopatch.config import Placement, apply, checked_run, make, num
 from orthopatch.errors import UserError
 from orthopatch.evaluate.config import DEFAULT_ATTACKS, EvalConfig
 from orthopatch.evaluate.runner import evaluate
@@ -38,11 +38,10 @@ from orthopatch.patches.gate import gate_scores, gates_of
 from orthopatch.patches.manifest import apply_patch, library_versions
 from orthopatch.patches.scale import set_patch_scale
 from orthopatch.recipes.frontier import gate_frontier, judged_only
-from orthopatch.recipes.resumable import open_resumable
+from orthopatch.recipes.resumable import open_resumable, train_once
 from orthopatch.report.selective_report import selective_outputs
 from orthopatch.train.config import CONTRAST, SELECTIVE, TRAIN_PRESETS, TrainConfig
 from orthopatch.train.gate import fit_gate, gate_data
-from orthopatch.train.run import train_patch
 
 FAMILIES: dict[str, dict[str, Any]] = {"naive": SELECTIVE, "contrastive": TRAIN_PRESETS["selective-contrastive"],
                                        "gated": TRAIN_PRESETS["selective"],
@@ -112,12 +111,6 @@ def point(results: dict[str, Any], harmful: list[str]) -> dict[str, float]:
             "over_refusal_all": m["over_refusal"]["all"]["value"]}
 
 
-def same_training(stored: dict[str, Any], cfg: TrainConfig) -> bool:
-    """Whether a finished patch's stored config is ``cfg``: read back with today's defaults, so that a field added
-    since (at its default) does not force a retraining."""
-    return to_dict(apply(TrainConfig(), stored, "stored config")) == json.loads(json.dumps(to_dict(cfg)))
-
-
 class Study:
     """One study directory: every result is cached as JSON, so a rerun resumes where it stopped."""
 
@@ -139,12 +132,7 @@ class Study:
         cfg = apply(make(TrainConfig, model=self.cfg.model, output=str(out), device=self.cfg.device,
                          dtype=self.cfg.dtype, checkpoint_every=10), FAMILIES[family], f"family {family}")
         apply(cfg, {**self.cfg.train, **(overrides or {})}, "study overrides")
-        manifest = out / "orthopatch.json"
-        if not manifest.is_file() or not same_training(json.loads(manifest.read_text(encoding="utf-8"))["config"],
-                                                        cfg):
-            self.echo(f"{label}: training")
-            train_patch(cfg, progress=False, model_and_tokenizer=self.loaded, overwrite=True)
-        return out
+        return train_once(cfg, self.loaded, self.echo, label)
 
     def answers(self, name: str, eval_cfg: EvalConfig, patch: Path | None = None, dose: float = 1.0,
                 gate: bool = True) -> dict[str, Any]:

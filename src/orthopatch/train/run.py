@@ -107,9 +107,9 @@ def run_key(cfg: TrainConfig, info: ModelInfo, provenance: dict[str, Any]) -> st
 
 def run_cost(cfg: TrainConfig, result: LoopResult, data: TrainingSet, n_trainable: int, tokens: int,
              label_tokens: int, gate: Gate | None = None) -> dict[str, Any]:
-    gate_seconds = gate.info["fit_seconds"] if gate is not None else 0.0
-    return {"gate_fit_seconds": gate_seconds if gate is not None else None,
-            "total_seconds": round(result.wall_seconds + gate_seconds, 2),"examples": len(data.examples), "epochs": cfg.epochs, "optimizer_steps": result.steps,
+    gate_seconds = gate.info["fit_seconds"] if gate is not None else None
+    return {"gate_fit_seconds": gate_seconds, "total_seconds": round(result.wall_seconds + (gate_seconds or 0.0), 2),
+            "examples": len(data.examples), "epochs": cfg.epochs, "optimizer_steps": result.steps,
             "tokens_trained": tokens, "label_tokens": label_tokens, "wall_seconds": round(result.wall_seconds, 2),
             "resumed_from_batch": result.resumed_from,
             "tokens_per_second": round(tokens / result.wall_seconds, 1) if result.wall_seconds > 0 else None,

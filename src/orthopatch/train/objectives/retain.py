@@ -17,7 +17,7 @@ from orthopatch.train.tokenize import TokenizedExample, pad_batch
 def prompt_batches(tokenizer, prompts: list[str], batch_size: int, max_length: int, seed: int,
                    group_by_length: bool = False) -> list[dict[str, torch.Tensor]]:
     """Fixed, seeded batches of chat-formatted prompts (input ids and attention mask), optionally of similar
-    lengths (see :func:`orthopatch.train.loop.epoch_batches`)."""
+    lengths (see :func:`orthopatch.train.batching.epoch_batches`)."""
     ids = [row[:max_length] for row in chat_prompt_ids(tokenizer, prompts)]
     lengths = [len(row) for row in ids] if group_by_length else None
     batches = []
@@ -30,6 +30,8 @@ def prompt_batches(tokenizer, prompts: list[str], batch_size: int, max_length: i
 
 
 def _seeded_chunks(n: int, batch_size: int, seed: int) -> list[list[int]]:
+    """The retain batches' order as it was before the loop was split into components (``epoch_batches`` seeds per
+    epoch), so that a retain patch keeps its sha256 (tests/test_reference_hashes.py)."""
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
     return [order[start:start + batch_size] for start in range(0, n, batch_size)]
 

@@ -103,8 +103,8 @@ def test_a_batch_with_no_flagged_prompt_skips_the_update_and_still_equals_the_ba
     off = [p for p, s in zip(PROMPTS, scores, strict=True) if s < runtime.gate.threshold]
     on = [p for p, s in zip(PROMPTS, scores, strict=True) if s >= runtime.gate.threshold]
     calls = []
-    runtime.layers[0].lora_A[runtime.adapter_name].register_forward_hook(lambda *a: calls.append(1))
-    before = [list(layer.active_adapters) for layer in runtime.layers]
+    runtime.rows.layers[0].lora_A[runtime.adapter_name].register_forward_hook(lambda *a: calls.append(1))
+    before = [list(layer.active_adapters) for layer in runtime.rows.layers]
     assert generate(gated, tokenizer, off, max_new_tokens=4, batch_size=len(off)) == \
         generate(base, tokenizer, off, max_new_tokens=4, batch_size=len(off))
     assert calls == []  # no row flagged: the update was never computed
@@ -114,7 +114,7 @@ def test_a_batch_with_no_flagged_prompt_skips_the_update_and_still_equals_the_ba
     assert generate(gated, tokenizer, on, max_new_tokens=4, batch_size=len(on)) == \
         generate(always, tokenizer, on, max_new_tokens=4, batch_size=len(on))
     assert calls  # flagged rows: computed again, and the adapters are active as they were
-    assert [list(layer.active_adapters) for layer in runtime.layers] == before
+    assert [list(layer.active_adapters) for layer in runtime.rows.layers] == before
 
 
 def test_a_gated_patch_survives_save_verify_export_and_evaluation(tiny_model, gated_patch, tmp_path):

@@ -23,13 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from peft.tuners.lora import LoraLayer
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from orthopatch.errors import UserError
 from orthopatch.io import read_json, write_json_atomic
 from orthopatch.models.generation import chat_prompt_ids, left_pad
+from orthopatch.patches.routing import RowMask
 
 GATE_WEIGHTS = "gate.safetensors"
 GATE_CONFIG = "gate.json"
@@ -133,8 +133,8 @@ def layer_features(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     """Hidden states (batch, tokens, hidden) after each of ``layers``, from one forward pass that stops after the
     deepest of them (``model`` is the plain transformers model, or a PEFT model with its adapters switched off)."""
     stack = decoder_layers(model)
-    if not layers or min(layers) < 1 or max(layers) >= len(stack):
-        raise UserError(f"gate layers must lie in 1..{len(stack) - 1}", field="layer")
+    if not layers or min(layers) < 1 or max(layers) > len(stack):
+        raise UserError(f"gate layers must lie in 1..{len(stack)}", field="layer")
     captured: dict[int, torch.Tensor] = {}
 
     def capture(index: int):
@@ -160,16 +160,18 @@ class GateRuntime:
 
     def __init__(self, peft_model, adapter_name: str, gate: Gate) -> None:
         self.peft_model, self.adapter_name, self.gate = peft_model, adapter_name, gate
-        self.mask: torch.Tensor | None = None
         self.scores: torch.Tensor | None = None
         self._deciding = False
-        self._parked, self._active = False, []
+        try:
+            self.rows = RowMask(peft_model, adapter_name)
+        except UserError:
+            raise UserError(f"the gated adapter {adapter_name!r} has no LoRA layers on this model") from None
         inner = peft_model.get_base_model()
-        self.layers = [m for m in peft_model.modules() if isinstance(m, LoraLayer) and adapter_name in m.lora_B]
-        if not self.layers:
-            raise UserError(f"the gated adapter {adapter_name!r} has no LoRA layers on this model")
-        self.handles = [inner.register_forward_pre_hook(self._decide, with_kwargs=True)]
-        self.handles += [layer.lora_B[adapter_name].register_forward_hook(self._apply) for layer in self.layers]
+        self.handle = inner.register_forward_pre_hook(self._decide, with_kwargs=True)
+
+    @property
+    def mask(self) -> torch.Tensor | None:
+        return self.rows.mask
 
     def decide(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """The probe's logits for a batch of sequences (the base's hidden states: every adapter switched off)."""
@@ -197,35 +199,12 @@ class GateRuntime:
         if attention is None:
             attention = torch.ones_like(input_ids)
         self.scores = self.decide(module, input_ids, attention)
-        self.mask = self.scores >= self.gate.threshold
-        self._park(not bool(self.mask.any()))
+        self.rows.set(self.scores >= self.gate.threshold)
         return None
 
-    def _park(self, park: bool) -> None:
-        """While no row of a batch is flagged, take the adapter out of its layers' active list, so that its update
-        is not computed at all (a masked update adds exactly zero: the numbers are the same, the time is not).
-        PEFT's layers read ``active_adapters`` from ``_active_adapter`` on every forward."""
-        if park == self._parked:
-            return
-        if park:  # kept as it was, order included (it is the order in which stacked updates are summed)
-            self._active = [layer._active_adapter for layer in self.layers]
-            for layer in self.layers:
-                layer._active_adapter = [a for a in layer.active_adapters if a != self.adapter_name]
-        else:
-            for layer, active in zip(self.layers, self._active, strict=True):
-                layer._active_adapter = active
-        self._parked = park
-
-    def _apply(self, _module, _inputs, output: torch.Tensor) -> torch.Tensor:
-        if self.mask is None or self.mask.shape[0] != output.shape[0]:
-            raise RuntimeError("gated patch: the update's batch does not match the gate's decision")
-        return output * self.mask.to(output.dtype).view(-1, *([1] * (output.dim() - 1)))
-
     def remove(self) -> None:
-        self._park(False)
-        for handle in self.handles:
-            handle.remove()
-        self.handles = []
+        self.rows.remove()
+        self.handle.remove()
 
 
 def attach_gate(peft_model, adapter_name: str, gate: Gate) -> GateRuntime:

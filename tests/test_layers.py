@@ -18,6 +18,7 @@ LAYERS = [
     ("orthopatch.evaluate",),
     ("orthopatch.report",),
     ("orthopatch.recipes",),
+    ("orthopatch.serve",),
     ("orthopatch.cli",),
 ]
 # Imported inside functions on purpose: optional (lm-eval, vLLM, selenium), only for Hub ids (huggingface_hub), or

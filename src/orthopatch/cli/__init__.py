@@ -1,6 +1,6 @@
 """The ``orthopatch`` command line. Each command registers its arguments and runs from its own module here:
 ``training`` (train), ``evaluation`` (eval, rejudge, judges), ``patch`` (patch ...), ``analysis`` (analyze,
-select-scale), ``recipes`` (demo, sweep, redteam, levers, compare-domains, reproduce) and ``datasets``.
+select-scale), ``recipes`` (demo, sweep, redteam, levers, compare-domains, reproduce), ``serve`` and ``datasets``.
 
 Every command imports the library it runs inside its ``run`` function: that defers torch, transformers and PEFT
 (seconds to import), so ``--help`` and a bad flag or config value answer at once.
@@ -14,11 +14,11 @@ import shlex
 import signal
 import sys
 
-from orthopatch.cli import analysis, datasets, evaluation, patch, recipes, training
+from orthopatch.cli import analysis, datasets, evaluation, patch, recipes, serve, training
 from orthopatch.cli.common import quiet_libraries
 from orthopatch.errors import UserError
 
-COMMAND_MODULES = (training, evaluation, recipes, analysis, patch, datasets)
+COMMAND_MODULES = (training, evaluation, recipes, analysis, patch, serve, datasets)
 
 
 def build_parser() -> argparse.ArgumentParser:

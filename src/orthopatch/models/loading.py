@@ -111,8 +111,11 @@ def load_model(
     dtype: str = "float32",
     device: str = "auto",
     trust_remote_code: bool = False,
+    **config_overrides,
 ):
-    """Return ``(model, tokenizer, info)`` for ``spec``; the model is in eval mode on ``device``."""
+    """Return ``(model, tokenizer, info)`` for ``spec``; the model is in eval mode on ``device``.
+    ``config_overrides`` change the model's config before loading (``num_hidden_layers=L`` loads the first L
+    decoder layers only; the fingerprint is still the whole model's)."""
     name, path = resolve_model_path(spec)
     weight_files(path)
     torch_dtype = getattr(torch, dtype, None)
@@ -120,7 +123,7 @@ def load_model(
         raise UserError(f"unknown dtype {dtype!r}", field="dtype")
     tokenizer = load_tokenizer(path, trust_remote_code)
     model = AutoModelForCausalLM.from_pretrained(
-        str(path), dtype=torch_dtype, use_safetensors=True, trust_remote_code=trust_remote_code
+        str(path), dtype=torch_dtype, use_safetensors=True, trust_remote_code=trust_remote_code, **config_overrides
     )
     model.to(pick_device(device))
     model.eval()

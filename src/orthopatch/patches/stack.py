@@ -60,9 +60,10 @@ def parse_patch_spec(spec: str) -> tuple[str, float]:
 
 
 def attach_patches(model, patches: list[tuple[str, float]], base_fingerprint: str, *,
-                   allow_base_mismatch: bool = False):
+                   allow_base_mismatch: bool = False, gates: bool = True):
     """Verify each patch, attach them all to ``model`` as active PEFT adapters ``patch0..`` with their scales;
-    returns ``(peft_model, manifests)``. ``peft_model.unload()`` detaches them all."""
+    returns ``(peft_model, manifests)``. ``peft_model.unload()`` detaches them all. ``gates=False`` leaves gated
+    patches' gates off (a caller that routes rows itself, like the server, decides with the gates on its own)."""
     if not patches:
         raise UserError("no patch given")
     manifests = [verify_patch(path, base_fingerprint, allow_base_mismatch) for path, _ in patches]
@@ -73,7 +74,8 @@ def attach_patches(model, patches: list[tuple[str, float]], base_fingerprint: st
     peft_model.base_model.set_adapter(names, inference_mode=True)
     for name, (path, scale), manifest in zip(names, patches, manifests, strict=True):
         set_patch_scale(peft_model, scale, name)
-        attach_verified(peft_model, path, manifest, name)  # a gated patch acts only where its gate says
+        if gates:
+            attach_verified(peft_model, path, manifest, name)  # a gated patch acts only where its gate says
     peft_model.eval()
     return peft_model, manifests
 

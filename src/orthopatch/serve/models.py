@@ -1,0 +1,171 @@
+"""What a server serves: the base under one model id and each patch under its own, and the per-request routing.
+
+Every patch is loaded as its own PEFT adapter on one copy of the base (verified first: hashes, base fingerprint,
+gate files), each with a :class:`RowMask`, so rows asking for different patches, or for the base, share a batch.
+Before a batch's first token, :meth:`ModelSet.route` decides per row: the base gets no update; an ungated patch
+gets its update; a gated patch gets it only if its gate, reading the base's hidden states of that row's prompt,
+flags it. In upstream mode only the base's layers up to the deepest gate are loaded, to compute the same decisions.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from orthopatch.errors import UserError
+from orthopatch.models.embedded import EMBEDDED_ALIASES
+from orthopatch.models.loading import fingerprint, load_model, load_tokenizer, resolve_model_path
+from orthopatch.patches.gate import Gate, score_prompts
+from orthopatch.patches.manifest import verify_patch
+from orthopatch.patches.routing import RowMask
+from orthopatch.patches.stack import attach_patches, parse_patch_spec
+from orthopatch.serve.config import ServeConfig
+
+MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@-]*")
+
+
+@dataclass
+class ServedPatch:
+    name: str
+    path: str
+    scale: float
+    manifest: dict[str, Any]
+    gate: Gate | None  # None: ungated (or served with --ungated)
+    rows: RowMask | None  # None in upstream mode (the upstream applies the update)
+
+    def card(self, parent: str, ungated: bool) -> dict[str, Any]:
+        gate = None if self.gate is None else {"layer": self.gate.layer, "pooling": self.gate.pooling,
+                                               "threshold": self.gate.threshold}
+        return {"id": self.name, "object": "model", "created": 0, "owned_by": "orthopatch", "parent": parent,
+                "root": parent, "orthopatch": {"kind": self.manifest.get("kind"), "path": self.path,
+                                               "scale": self.scale, "gate": gate,
+                                               "gate_ignored": ungated and self.manifest.get("kind") == "gated-lora",
+                                               "adapter_sha256": self.manifest["files"].get(
+                                                   "adapter_model.safetensors")}}
+
+
+def parse_patch_arg(spec: str) -> tuple[str, str, float]:
+    """``NAME=DIR`` or ``NAME=DIR@SCALE``."""
+    name, eq, rest = spec.partition("=")
+    if not eq or not rest or not MODEL_ID.fullmatch(name):
+        raise UserError(f"give NAME=DIR or NAME=DIR@SCALE with a plain name, not {spec!r}", field="--patch")
+    path, scale = parse_patch_spec(rest)
+    return name, path, scale
+
+
+def base_model_id(cfg: ServeConfig) -> str:
+    if cfg.served_model_name:
+        return cfg.served_model_name
+    return EMBEDDED_ALIASES[1] if cfg.model is None or cfg.model in EMBEDDED_ALIASES else cfg.model
+
+
+class ModelSet:
+    def __init__(self, base_id: str, model, tokenizer, patches: dict[str, ServedPatch], ungated: bool) -> None:
+        self.base_id, self.model, self.tokenizer, self.patches = base_id, model, tokenizer, patches
+        self.ungated = ungated
+        # fast tokenizers may raise "Already borrowed" when two threads use one at once: the handlers encode on
+        # the server's loop while the engine decodes on its thread
+        self.tokenizer_lock = threading.Lock()
+        config = getattr(model, "config", None)
+        self.context_length: int | None = getattr(config, "max_position_embeddings", None) or getattr(
+            config, "n_positions", None)
+
+    def encode(self, text: str, *, special_tokens: bool) -> list[int]:
+        with self.tokenizer_lock:
+            return self.tokenizer(text, add_special_tokens=special_tokens)["input_ids"]
+
+    def decode(self, ids: list[int]) -> str:
+        with self.tokenizer_lock:
+            return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def chat_text(self, messages: list[dict[str, str]]) -> str:
+        with self.tokenizer_lock:
+            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    @property
+    def ids(self) -> list[str]:
+        return [self.base_id, *self.patches]
+
+    def cards(self) -> list[dict[str, Any]]:
+        base = {"id": self.base_id, "object": "model", "created": 0, "owned_by": "orthopatch", "parent": None,
+                "root": self.base_id}
+        return [base, *(p.card(self.base_id, self.ungated) for p in self.patches.values())]
+
+    def masks(self) -> list[RowMask]:
+        return [p.rows for p in self.patches.values() if p.rows is not None]
+
+    def route(self, wanted: list[str], prompt_ids: list[list[int]]) -> list[dict[str, Any]]:
+        """Per row, before its first token: which patch acts (masks set for the batch that follows)."""
+        gated = [i for i, name in enumerate(wanted) if name in self.patches and self.patches[name].gate]
+        scores: dict[int, float] = {}
+        if gated:
+            switched_off = self.model.disable_adapter() if hasattr(self.model, "disable_adapter") else nullcontext()
+            with switched_off:
+                inner = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+                values = score_prompts(inner, [self.patches[wanted[i]].gate for i in gated],
+                                       [prompt_ids[i] for i in gated], self.tokenizer.pad_token_id)
+            scores = dict(zip(gated, values, strict=True))
+        routes = [self._route(i, name, scores.get(i)) for i, name in enumerate(wanted)]
+        for patch in self.patches.values():
+            if patch.rows is not None:
+                patch.rows.set(torch.tensor([r["patch"] == patch.name and r["applied"] for r in routes]))
+        return routes
+
+    def _route(self, row: int, name: str, score: float | None) -> dict[str, Any]:
+        patch = self.patches.get(name)
+        if patch is None:
+            return {"patch": None, "applied": False, "gate": None}
+        if patch.gate is None:
+            return {"patch": name, "applied": True, "gate": None}
+        flagged = score >= patch.gate.threshold
+        return {"patch": name, "applied": flagged, "gate": {"score": score, "threshold": patch.gate.threshold,
+                                                            "flagged": flagged, "layer": patch.gate.layer}}
+
+
+def _patch_specs(cfg: ServeConfig, base_id: str) -> list[tuple[str, str, float]]:
+    specs = [parse_patch_arg(s) for s in cfg.patches]
+    names = [base_id] + [name for name, _, _ in specs]
+    if len(set(names)) != len(names):
+        raise UserError(f"model ids must be distinct (the base is {base_id!r})", field="--patch")
+    return specs
+
+
+def load_local(cfg: ServeConfig) -> ModelSet:
+    """The base and every patch on one model, for serving in this process."""
+    base_id = base_model_id(cfg)
+    specs = _patch_specs(cfg, base_id)
+    model, tokenizer, info = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device,
+                                        trust_remote_code=cfg.trust_remote_code)
+    patches: dict[str, ServedPatch] = {}
+    if specs:
+        model, manifests = attach_patches(model, [(path, scale) for _, path, scale in specs], info.fingerprint,
+                                          gates=False)
+        for index, ((name, path, scale), manifest) in enumerate(zip(specs, manifests, strict=True)):
+            gate = Gate.load(path) if manifest.get("kind") == "gated-lora" and not cfg.ungated else None
+            patches[name] = ServedPatch(name, path, scale, manifest, gate, RowMask(model, f"patch{index}"))
+    return ModelSet(base_id, model, tokenizer, patches, cfg.ungated)
+
+
+def load_gates_only(cfg: ServeConfig) -> ModelSet:
+    """Upstream mode: the tokenizer, the patches' gates and the base's first layers up to the deepest gate."""
+    base_id = base_model_id(cfg)
+    specs = _patch_specs(cfg, base_id)
+    _, path = resolve_model_path(cfg.model)
+    base_fingerprint = fingerprint(path)
+    manifests = [verify_patch(p, base_fingerprint) for _, p, _ in specs]
+    gates = [Gate.load(p) if m.get("kind") == "gated-lora" else None for (_, p, _), m in zip(specs, manifests,
+                                                                                            strict=True)]
+    depth = max((g.layer for g in gates if g is not None), default=0)
+    model = None
+    if depth:
+        model = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device, trust_remote_code=cfg.trust_remote_code,
+                           num_hidden_layers=depth)[0]
+    tokenizer = load_tokenizer(path, cfg.trust_remote_code)
+    patches = {name: ServedPatch(name, p, scale, m, gate, None)
+               for (name, p, scale), m, gate in zip(specs, manifests, gates, strict=True)}
+    return ModelSet(base_id, model, tokenizer, patches, ungated=False)

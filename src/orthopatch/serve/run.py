@@ -1,0 +1,44 @@
+"""Build a server from its settings and run it under uvicorn until SIGTERM or Ctrl-C (in-flight requests drain)."""
+
+from __future__ import annotations
+
+import logging
+import signal
+
+import uvicorn
+from fastapi import FastAPI
+
+from orthopatch.config import validate
+from orthopatch.serve.app import create_app
+from orthopatch.serve.backends import LocalBackend, UpstreamBackend
+from orthopatch.serve.config import ServeConfig
+from orthopatch.serve.metrics import Metrics
+from orthopatch.serve.models import load_gates_only, load_local
+
+log = logging.getLogger("orthopatch.serve")
+
+
+def build_app(cfg: ServeConfig) -> FastAPI:
+    """Load what ``cfg`` serves (a bad patch stops here with a UserError) and wire the app around it."""
+    validate(cfg)
+    metrics = Metrics()
+    if cfg.upstream:
+        backend = UpstreamBackend(load_gates_only(cfg), metrics, cfg)
+    else:
+        backend = LocalBackend(load_local(cfg), metrics, cfg)
+    return create_app(backend, cfg, metrics)
+
+
+def serve(cfg: ServeConfig) -> int:
+    app = build_app(cfg)
+    models = ", ".join(app.state.model_ids)
+    server = uvicorn.Server(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="warning",
+                                           access_log=False, timeout_graceful_shutdown=60))
+    # uvicorn drains in-flight requests on SIGTERM, then raises the signal again with the handler found before it:
+    # by then the work is done, so that second delivery must not turn a clean stop into an error exit
+    signal.signal(signal.SIGTERM, lambda *_: None)
+    log.info("serving %s on http://%s:%d%s", models, cfg.host, cfg.port,
+             f" (upstream: {cfg.upstream})" if cfg.upstream else "")
+    server.run()
+    log.info("stopped")
+    return 0

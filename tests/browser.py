@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 
-def open_report(report: Path, tmp_path: Path, screenshot: Path | None = None) -> dict:
+def chrome(tmp_path: Path):
+    """A headless Chromium driver that records the console (skips the test where Chromium is missing)."""
     webdriver = pytest.importorskip("selenium.webdriver")
     chromium, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
     if not chromium or not driver_path:
@@ -19,7 +20,11 @@ def open_report(report: Path, tmp_path: Path, screenshot: Path | None = None) ->
                  f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,900"):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=webdriver.ChromeService(executable_path=driver_path), options=options)
+    return webdriver.Chrome(service=webdriver.ChromeService(executable_path=driver_path), options=options)
+
+
+def open_report(report: Path, tmp_path: Path, screenshot: Path | None = None) -> dict:
+    driver = chrome(tmp_path)
     try:
         driver.get(report.as_uri())
         images = driver.execute_script(

@@ -20,6 +20,7 @@ from orthopatch.models.loading import load_model
 from orthopatch.models.probes import auroc
 from orthopatch.patches.gate import GATE_CONFIG, GATE_WEIGHTS, Gate, attach_gate, gate_scores, gates_of
 from orthopatch.patches.manifest import MANIFEST, apply_patch, verify_patch
+from orthopatch.patches.routing import RowMask
 from orthopatch.patches.scale import set_patch_scale
 from orthopatch.patches.stack import attach_patches, export_patch, merge_patches, stack_adapters
 from orthopatch.train.config import TrainConfig
@@ -203,3 +204,26 @@ def test_info_diff_and_analyze_take_a_gated_patch(tiny_model, gated_patch, tmp_p
     report = gate_separation(model, tokenizer, PROMPTS[1::2], PROMPTS[0::2])
     assert report["layer"] == gates_of(model)[0].gate.layer and 0 <= report["auroc"] <= 1
     assert 0 <= report["flagged_benign"] <= 1
+
+
+def test_row_masks_of_two_adapters_park_and_unpark_independently(tiny_model, gated_patch):
+    """Two adapters on the same layers: parking and unparking one never switches the other on or off, and an
+    unparked adapter goes back to its place in the load order (the server routes rows of one batch to either)."""
+    base, _, info = load_model(str(tiny_model), device="cpu")
+    model, _ = attach_patches(base, [(str(gated_patch), 1.0), (str(gated_patch), 1.0)], info.fingerprint, gates=False)
+    first, second = RowMask(model, "patch0"), RowMask(model, "patch1")
+    layer = first.layers[0]
+    for a, b, expected in [(False, True, ["patch1"]), (False, False, []), (True, False, ["patch0"]),
+                           (True, True, ["patch0", "patch1"]), (False, True, ["patch1"]),
+                           (True, True, ["patch0", "patch1"])]:
+        first.set(torch.tensor([a]))
+        second.set(torch.tensor([b]))
+        assert list(layer.active_adapters) == expected
+    second.set(torch.tensor([False]))
+    first.set(torch.tensor([False]))
+    second.set(torch.tensor([True]))  # unparked in the other order: still the load order
+    first.set(torch.tensor([True]))
+    assert list(layer.active_adapters) == ["patch0", "patch1"]
+    first.remove()
+    second.remove()
+    assert list(layer.active_adapters) == ["patch0", "patch1"]

@@ -38,16 +38,21 @@ class RowMask:
             self.set(self.mask[rows.to(self.mask.device)])
 
     def _park(self, park: bool) -> None:
-        """PEFT's layers read ``active_adapters`` from ``_active_adapter`` on every forward."""
+        """PEFT's layers read ``active_adapters`` from ``_active_adapter`` on every forward. Other masks park and
+        unpark their own adapters on the same layers, so each touches only its own name, and an unparked adapter
+        goes back to its place in the order the adapters were loaded (the order stacked updates are summed in)."""
         if park == self._parked:
             return
-        if park:  # kept as it was, order included (it is the order in which stacked updates are summed)
-            self._active = [layer._active_adapter for layer in self.layers]
+        if park:
+            self._active = [self.adapter_name in layer.active_adapters for layer in self.layers]
             for layer in self.layers:
                 layer._active_adapter = [a for a in layer.active_adapters if a != self.adapter_name]
         else:
-            for layer, active in zip(self.layers, self._active, strict=True):
-                layer._active_adapter = active
+            for layer, was_active in zip(self.layers, self._active, strict=True):
+                current = list(layer.active_adapters)
+                wanted = set(current) | ({self.adapter_name} if was_active else set())
+                layer._active_adapter = [a for a in layer.lora_A if a in wanted] + [
+                    a for a in current if a not in layer.lora_A]
         self._parked = park
 
     def _apply(self, _module, _inputs, output: torch.Tensor) -> torch.Tensor:

@@ -1,65 +1,15 @@
-"""Servers in subprocesses for the serve tests and benchmark: start one on a free port of 127.0.0.1, wait for
-/health, stop it with SIGTERM; and patch copies with another gate threshold or without their gate."""
+"""Patch copies for the serve tests: another gate threshold, or no gate (servers run through
+orthopatch.serve.process.ServerProcess)."""
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
-
-import httpx
 
 from orthopatch.io import write_json_atomic
 from orthopatch.patches.gate import GATE_CONFIG, GATE_WEIGHTS
 from orthopatch.patches.manifest import MANIFEST, artifact_hashes
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-class ServerProcess:
-    """``orthopatch serve ARGS`` on 127.0.0.1:PORT; ``url`` is its base URL."""
-
-    def __init__(self, *args: str, env: dict[str, str] | None = None, timeout: float = 120.0) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = Path(os.environ.get("TMPDIR", "/tmp")) / f"orthopatch-serve-{self.port}.log"
-        command = [sys.executable, "-m", "orthopatch.cli", "serve", "--port", str(self.port), *args]
-        with self.log.open("w") as log:
-            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                            env={**os.environ, **(env or {})})
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                return  # it stopped (a test of a refused start reads returncode and output)
-            try:
-                if httpx.get(self.url + "/health", timeout=1.0).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        self.stop()
-        raise TimeoutError(f"the server did not answer /health within {timeout} s:\n{self.output()}")
-
-    def output(self) -> str:
-        return self.log.read_text(encoding="utf-8", errors="replace")
-
-    def stop(self, timeout: float = 60.0) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            return self.process.wait()
 
 
 def rewrite_patch(source: Path, target: Path, *, threshold: float | None = None, drop_gate: bool = False) -> Path:

@@ -16,6 +16,9 @@ KEYS = {
     "eval_throughput.py": ["model", "device", "n_prompts", "naive_prompts_per_s", "batched_prompts_per_s", "speedup",
                            "identical_answers"],
     "train_throughput.py": ["orthopatch_lora", "hf_trainer_lora", "orthopatch_full", "ratios", "setup"],
+    "serve.py": ["model", "patch", "clients", "max_tokens", "threads", "runs", "ratios", "requests_per_s",
+                 "completion_tokens_per_s", "p50_latency_s", "p95_latency_s", "base_vs_transformers_serve",
+                 "base_vs_unbatched", "gated_vs_base"],
     "gate_overhead.py": ["patch", "device", "threads", "runs", "max_new_tokens", "gated_seconds", "ungated_seconds",
                          "overhead", "flagged", "identical_answers"],
 }
@@ -69,3 +72,12 @@ def test_gate_overhead(tiny_model, gated_patch):
                  "--batch-size", "2", "--max-new-tokens", "2", "3")
     check("gate_overhead.py", {**output, **output["runs"][0]})
     assert [r["max_new_tokens"] for r in output["runs"]] == [2, 3] and output["runs"][0]["ungated_seconds"] > 0
+
+
+def test_serve(tiny_model, gated_patch):
+    output = run("serve.py", "--model", str(tiny_model), "--patch", str(gated_patch), "--clients", "2",
+                 "--requests", "4", "--max-tokens", "3")
+    check("serve.py", {**output, **output["runs"]["orthopatch_base"], **output["ratios"]})
+    assert set(output["runs"]) == {"orthopatch_base", "orthopatch_gated", "orthopatch_unbatched",
+                                   "transformers_serve_cb"}
+    assert all(run["requests"] == 4 and run["requests_per_s"] > 0 for run in output["runs"].values())

@@ -22,7 +22,8 @@ from orthopatch.models.loading import load_model
 from orthopatch.patches.gate import gate_scores, gates_of
 from orthopatch.patches.manifest import apply_patch
 from orthopatch.patches.scale import set_patch_scale
-from tests.serving import ServerProcess, rewrite_patch
+from orthopatch.serve.process import ServerProcess
+from tests.serving import rewrite_patch
 
 openai = pytest.importorskip("openai")
 
@@ -96,6 +97,15 @@ def test_models_health_and_metrics(server):
                  "orthopatch_queue_length", "orthopatch_request_latency_seconds_bucket"):
         assert name in metrics
     assert re.search(r'orthopatch_gate_decisions_total\{decision="(flagged|passed)",patch="gated"\} [1-9]', metrics)
+
+
+def test_the_log_has_a_line_per_request_and_never_its_text(server):
+    secret = "Please summarise the tale of the purple walrus named Quentin."
+    chat(client(server), "gated", secret)
+    log = server.output()
+    lines = [line for line in log.splitlines() if " request chatcmpl-" in line]
+    assert lines and re.search(r"model=gated prompt_tokens=\d+ completion_tokens=\d+ gate=(flagged|passed)\(", lines[-1])
+    assert "walrus" not in log and not any(prompt in log for prompt in PROMPTS)
 
 
 @pytest.mark.parametrize("model", ["base", "gated", "plain"])

@@ -401,9 +401,8 @@ def check_prerequisites(cfg: EvalConfig) -> None:
         if importlib.util.find_spec("vllm") is None:
             raise UserError("engine vllm needs vLLM installed (a supported GPU); use engine hf", field="engine")
         if cfg.patch and read_manifest(cfg.patch).get("kind") == "gated-lora":
-            raise UserError("a gated patch runs on the hf engine here; to serve one with vLLM, run its gate and send "
-                            "flagged requests with the patch as a LoRARequest (README, 'Serving a gated patch')",
-                            field="engine")
+            raise UserError("a gated patch runs on the hf engine here; to serve one with vLLM, put orthopatch serve "
+                            "--upstream in front of vLLM (README, 'Serve')", field="engine")
 
 
 def run_eval(cfg: EvalConfig, *, overwrite: bool = False, progress: bool = True, command: str | None = None,

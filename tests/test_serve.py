@@ -144,10 +144,10 @@ def test_sixteen_mixed_rows_in_one_batch_give_the_same_answers(server, offline):
 
 
 def batch_rows(server) -> tuple[float, float]:
-    """(batches decoded, rows in them) so far."""
+    """(prefills so far, rows prefilled in them)."""
     metrics = httpx.get(server.url + "/metrics").text
-    return (float(re.search(r"orthopatch_batch_rows_count (\S+)", metrics).group(1)),
-            float(re.search(r"orthopatch_batch_rows_sum (\S+)", metrics).group(1)))
+    return (float(re.search(r"orthopatch_prefill_rows_count (\S+)", metrics).group(1)),
+            float(re.search(r"orthopatch_prefill_rows_sum (\S+)", metrics).group(1)))
 
 
 def test_completions_streamed_and_not(server):

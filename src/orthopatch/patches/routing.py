@@ -26,16 +26,12 @@ class RowMask:
         if not self.layers:
             raise UserError(f"the adapter {adapter_name!r} has no LoRA layers on this model")
         self.handles = [layer.lora_B[adapter_name].register_forward_hook(self._apply) for layer in self.layers]
+        self.device = self.layers[0].lora_B[adapter_name].weight.device
 
     def set(self, mask: torch.Tensor) -> None:
         """``mask``: one bool per row of the batch that follows."""
-        self.mask = mask.bool()
+        self.mask = mask.to(self.device, torch.bool)
         self._park(not bool(self.mask.any()))
-
-    def keep_rows(self, rows: torch.Tensor) -> None:
-        """The batch lost some rows (finished sequences dropped): keep the entries of ``rows``."""
-        if self.mask is not None:
-            self.set(self.mask[rows.to(self.mask.device)])
 
     def _park(self, park: bool) -> None:
         """PEFT's layers read ``active_adapters`` from ``_active_adapter`` on every forward. Other masks park and
@@ -58,7 +54,7 @@ class RowMask:
     def _apply(self, _module, _inputs, output: torch.Tensor) -> torch.Tensor:
         if self.mask is None or self.mask.shape[0] != output.shape[0]:
             raise RuntimeError(f"adapter {self.adapter_name!r}: the update's batch does not match its row mask")
-        return output * self.mask.to(output.device, output.dtype).view(-1, *([1] * (output.dim() - 1)))
+        return output * self.mask.to(output.dtype).view(-1, *([1] * (output.dim() - 1)))
 
     def remove(self) -> None:
         self._park(False)

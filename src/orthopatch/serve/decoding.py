@@ -1,45 +1,104 @@
-"""Decode one batch of jobs together (the nanoGPT-sized loop the engine runs).
+"""A batch of jobs decoding together, which new jobs join between steps (continuous batching).
 
 Prompts are left-padded so that every row ends at its last prompt token; positions count attended tokens only (as
-``generate`` computes them), so a row's numbers do not depend on the padding. Each step feeds one token per row
-through a shared KV cache; a row whose job has finished leaves the batch at once (its cache rows and its patch
-masks are dropped with it), so short answers do not pay for long ones.
+``generate`` computes them), so a row's numbers do not depend on its padding. New jobs are prefilled together in
+their own KV cache, then joined to the running rows: the shorter cache is left-padded with masked slots, so every
+row keeps one shared cache length. Each step feeds one token per row; a row whose job has finished leaves the batch
+at once (its cache rows and patch flags go with it), so short answers do not wait for long ones and a freed row is
+filled at the next step. Each patch's row flags are set on its :class:`RowMask` before every forward pass.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 from orthopatch.models.generation import left_pad
 from orthopatch.patches.routing import RowMask
 from orthopatch.serve.jobs import Job, next_tokens
 
 
-@torch.no_grad()
-def decode(model, jobs: list[Job], pad_id: int, masks: list[RowMask]) -> None:
-    """Run ``jobs`` to completion; their row masks must already be set (one entry per job, in order)."""
-    device = next(model.parameters()).device
-    input_ids, attention = left_pad([job.prompt_ids for job in jobs], pad_id, device)
-    position = (attention.cumsum(-1) - 1).masked_fill(attention == 0, 1)
-    cache = DynamicCache(config=model.config)
-    logits = model(input_ids=input_ids, attention_mask=attention, position_ids=position, past_key_values=cache,
-                   use_cache=True, logits_to_keep=1).logits[:, -1]
-    live = list(range(len(jobs)))  # the jobs still in the batch, in row order
-    while True:
-        tokens = next_tokens(logits, [jobs[i] for i in live])
-        keep = [row for row, (i, token) in enumerate(zip(live, tokens, strict=True)) if not jobs[i].accept(token)]
-        if not keep:
+def _left(tensor: torch.Tensor, length: int, dim: int) -> torch.Tensor:
+    """Pad ``tensor`` on the left of ``dim`` (0 = masked or empty) up to ``length``."""
+    missing = length - tensor.shape[dim]
+    if missing == 0:
+        return tensor
+    pad = [0, 0] * (tensor.dim() - 1 - dim % tensor.dim()) + [missing, 0]
+    return F.pad(tensor, pad)
+
+
+class Batch:
+    def __init__(self, model, pad_id: int, masks: list[RowMask]) -> None:
+        self.model, self.pad_id, self.masks = model, pad_id, masks
+        self.device = next(model.parameters()).device
+        self.jobs: list[Job] = []
+        self._reset()
+
+    def _reset(self) -> None:
+        self.jobs = []
+        self.flags = [torch.zeros(0, dtype=torch.bool) for _ in self.masks]
+        self.cache = self.attention = self.position = self.logits = None
+
+    def __len__(self) -> int:
+        return len(self.jobs)
+
+    def can_join(self) -> bool:
+        """Rows can join a running batch when every cache layer is a plain (full-attention) dynamic layer; a
+        sliding-window cache cannot be left-padded, so there new rows wait until the batch has finished."""
+        return self.cache is None or all(type(layer) is DynamicLayer for layer in self.cache.layers)
+
+    def _forward(self, input_ids, attention, position, cache, flags, **kwargs) -> torch.Tensor:
+        for mask, rows in zip(self.masks, flags, strict=True):
+            mask.set(rows)
+        return self.model(input_ids=input_ids, attention_mask=attention, position_ids=position,
+                          past_key_values=cache, use_cache=True, **kwargs).logits[:, -1]
+
+    @torch.no_grad()
+    def join(self, jobs: list[Job], flags: list[torch.Tensor]) -> None:
+        """Prefill ``jobs`` (``flags``: per patch, which of them get its update) and add them to the batch."""
+        input_ids, attention = left_pad([job.prompt_ids for job in jobs], self.pad_id, self.device)
+        position = (attention.cumsum(-1) - 1).masked_fill(attention == 0, 1)
+        cache = DynamicCache(config=self.model.config)
+        logits = self._forward(input_ids, attention, position, cache, flags, logits_to_keep=1)
+        if not self.jobs:
+            self.jobs, self.flags, self.cache, self.attention = list(jobs), list(flags), cache, attention
+            self.position, self.logits = position[:, -1:], logits
             return
-        if len(keep) < len(live):
-            rows = torch.tensor(keep, device=device)
-            cache.batch_select_indices(rows)
-            attention, position = attention[rows], position[rows]
-            for mask in masks:
-                mask.keep_rows(rows)
-            live, tokens = [live[row] for row in keep], [tokens[row] for row in keep]
-        attention = torch.cat([attention, attention.new_ones(len(live), 1)], dim=1)
-        position = position[:, -1:] + 1
-        step = torch.tensor(tokens, device=device).unsqueeze(1)
-        logits = model(input_ids=step, attention_mask=attention, position_ids=position, past_key_values=cache,
-                       use_cache=True).logits[:, -1]
+        length = max(self.attention.shape[1], attention.shape[1])
+        for mine, theirs in zip(self.cache.layers, cache.layers, strict=True):
+            mine.keys = torch.cat([_left(mine.keys, length, -2), _left(theirs.keys, length, -2)])
+            mine.values = torch.cat([_left(mine.values, length, -2), _left(theirs.values, length, -2)])
+        self.attention = torch.cat([_left(self.attention, length, 1), _left(attention, length, 1)])
+        self.position = torch.cat([self.position, position[:, -1:]])
+        self.logits = torch.cat([self.logits, logits])
+        self.flags = [torch.cat([mine, theirs]) for mine, theirs in zip(self.flags, flags, strict=True)]
+        self.jobs += jobs
+
+    @torch.no_grad()
+    def step(self) -> None:
+        """One token for every row; finished rows leave; the rest run one forward pass for the next token."""
+        tokens = next_tokens(self.logits, self.jobs)
+        keep = [row for row, (job, token) in enumerate(zip(self.jobs, tokens, strict=True)) if not job.accept(token)]
+        if not keep:
+            self._reset()
+            return
+        if len(keep) < len(self.jobs):
+            rows = torch.tensor(keep, device=self.device)
+            self.cache.batch_select_indices(rows)
+            self.attention, self.position = self.attention[rows], self.position[rows]
+            self.flags = [flags[rows.cpu()] for flags in self.flags]
+            self.jobs, tokens = [self.jobs[row] for row in keep], [tokens[row] for row in keep]
+        self.attention = torch.cat([self.attention, self.attention.new_ones(len(self.jobs), 1)], dim=1)
+        self.position = self.position + 1
+        step = torch.tensor(tokens, device=self.device).unsqueeze(1)
+        self.logits = self._forward(step, self.attention, self.position, self.cache, self.flags)
+
+
+def decode(model, jobs: list[Job], pad_id: int, masks: list[RowMask], flags: list[torch.Tensor]) -> None:
+    """Run ``jobs`` to completion as one batch (nobody joins)."""
+    batch = Batch(model, pad_id, masks)
+    batch.join(jobs, flags)
+    while batch:
+        batch.step()

@@ -1,9 +1,11 @@
-"""The batching engine: one thread decodes; requests queue while a batch runs and form the next batch.
+"""The batching engine: one thread decodes a running batch that waiting requests join between steps.
 
 A bounded queue holds waiting requests (``max_queue``; when it is full a request is refused at once, and the HTTP
-layer answers 429). Each batch takes up to ``max_batch`` waiting jobs in arrival order, whatever model each asked
-for: the model set routes every row (base, patch, gated patch) before the first token, and rows leave the batch as
-they finish. A job cancelled while it waits (its client went away) is dropped without being decoded.
+layer answers 429). Before each step, waiting jobs fill the batch's free rows (up to ``max_batch``) in arrival
+order, whatever model each asked for: the model set routes each new row (base, patch, gated patch) before its first
+token, the new rows are prefilled together and join the running ones, and rows leave as they finish. A job
+cancelled while it waits (its client went away) is dropped without being decoded; one cancelled while decoding
+leaves at the next step.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import logging
 import queue
 import threading
 
-from orthopatch.serve.decoding import decode
+from orthopatch.serve.decoding import Batch
 from orthopatch.serve.jobs import Job
 from orthopatch.serve.metrics import Metrics
 from orthopatch.serve.models import ModelSet
@@ -47,33 +49,37 @@ class Engine:
             raise QueueFull from None
 
     def _serve(self) -> None:
-        while not (self._stop.is_set() and self.waiting.empty()):
+        batch = Batch(self.models.model, self.models.tokenizer.pad_token_id, self.models.masks())
+        while not (self._stop.is_set() and self.waiting.empty() and not batch):
+            room = self.max_batch - len(batch) if batch.can_join() else 0
+            new = [job for job in self._take(room, wait=not batch) if not job.cancelled]
             try:
-                batch = [self.waiting.get(timeout=0.05)]
-            except queue.Empty:
-                continue
-            while len(batch) < self.max_batch:
-                try:
-                    batch.append(self.waiting.get_nowait())
-                except queue.Empty:
-                    break
-            batch = [job for job in batch if not job.cancelled]
-            if batch:
-                self._run(batch)
+                if new:
+                    self._join(batch, new)
+                if batch:
+                    batch.step()
+            except Exception as error:  # one bad batch must not take the server down; its requests get an error
+                log.exception("a batch of %d rows failed", len(batch) + len(new))
+                for job in batch.jobs + new:
+                    if job.finish_reason is None:
+                        job.fail(f"generation failed ({type(error).__name__})")
+                batch = Batch(self.models.model, self.models.tokenizer.pad_token_id, self.models.masks())
+            self.metrics.running.set(len(batch))
 
-    def _run(self, jobs: list[Job]) -> None:
-        self.metrics.batch_rows.observe(len(jobs))
-        self.metrics.running.set(len(jobs))
-        try:
-            routes = self.models.route([job.model_id for job in jobs], [job.prompt_ids for job in jobs])
-            for job, route in zip(jobs, routes, strict=True):
-                self.metrics.record_route(route)
-                job.start(route)
-            decode(self.models.model, jobs, self.models.tokenizer.pad_token_id, self.models.masks())
-        except Exception as error:  # one bad batch must not take the server down; its requests get an error
-            log.exception("batch of %d failed", len(jobs))
-            for job in jobs:
-                if job.finish_reason is None:
-                    job.fail(f"generation failed ({type(error).__name__})")
-        finally:
-            self.metrics.running.set(0)
+    def _take(self, room: int, wait: bool) -> list[Job]:
+        """Up to ``room`` waiting jobs; with nothing running, wait a little for the first."""
+        jobs: list[Job] = []
+        while len(jobs) < room:
+            try:
+                jobs.append(self.waiting.get(timeout=0.05) if wait and not jobs else self.waiting.get_nowait())
+            except queue.Empty:
+                break
+        return jobs
+
+    def _join(self, batch: Batch, jobs: list[Job]) -> None:
+        routes = self.models.route([job.model_id for job in jobs], [job.prompt_ids for job in jobs])
+        for job, route in zip(jobs, routes, strict=True):
+            self.metrics.record_route(route)
+            job.start(route)
+        self.metrics.prefill_rows.observe(len(jobs))
+        batch.join(jobs, self.models.flags(routes))

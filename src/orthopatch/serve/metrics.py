@@ -20,9 +20,9 @@ class Metrics:
         self.gate = Counter("orthopatch_gate_decisions", "Gate decisions per gated patch", ["patch", "decision"],
                             registry=r)
         self.queue = Gauge("orthopatch_queue_length", "Requests waiting for a batch", registry=r)
-        self.running = Gauge("orthopatch_running_requests", "Requests being decoded", registry=r)
-        self.batch_rows = Histogram("orthopatch_batch_rows", "Rows per decoded batch", registry=r,
-                                    buckets=(1, 2, 4, 8, 16, 32, 64, 128))
+        self.running = Gauge("orthopatch_running_requests", "Rows in the running batch", registry=r)
+        self.prefill_rows = Histogram("orthopatch_prefill_rows", "Waiting requests prefilled together when they "
+                                      "join the running batch", registry=r, buckets=(1, 2, 4, 8, 16, 32, 64, 128))
         self.latency = Histogram("orthopatch_request_latency_seconds", "Time from arrival to the last token",
                                  ["model"], registry=r, buckets=LATENCY_BUCKETS)
         self.first_token = Histogram("orthopatch_time_to_first_token_seconds", "Time from arrival to the first "

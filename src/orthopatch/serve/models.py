@@ -99,8 +99,14 @@ class ModelSet:
     def masks(self) -> list[RowMask]:
         return [p.rows for p in self.patches.values() if p.rows is not None]
 
+    def flags(self, routes: list[dict[str, Any]]) -> list[torch.Tensor]:
+        """Per patch with a row mask (the order of :meth:`masks`): which rows get its update."""
+        return [torch.tensor([r["patch"] == p.name and r["applied"] for r in routes], dtype=torch.bool)
+                for p in self.patches.values() if p.rows is not None]
+
     def route(self, wanted: list[str], prompt_ids: list[list[int]]) -> list[dict[str, Any]]:
-        """Per row, before its first token: which patch acts (masks set for the batch that follows)."""
+        """Per row, before its first token: which patch acts (a gated patch's gate reads the base's hidden states
+        of the row's prompt, all gated rows in one partial forward pass)."""
         gated = [i for i, name in enumerate(wanted) if name in self.patches and self.patches[name].gate]
         scores: dict[int, float] = {}
         if gated:
@@ -110,11 +116,7 @@ class ModelSet:
                 values = score_prompts(inner, [self.patches[wanted[i]].gate for i in gated],
                                        [prompt_ids[i] for i in gated], self.tokenizer.pad_token_id)
             scores = dict(zip(gated, values, strict=True))
-        routes = [self._route(i, name, scores.get(i)) for i, name in enumerate(wanted)]
-        for patch in self.patches.values():
-            if patch.rows is not None:
-                patch.rows.set(torch.tensor([r["patch"] == patch.name and r["applied"] for r in routes]))
-        return routes
+        return [self._route(i, name, scores.get(i)) for i, name in enumerate(wanted)]
 
     def _route(self, row: int, name: str, score: float | None) -> dict[str, Any]:
         patch = self.patches.get(name)

@@ -6,10 +6,12 @@ while it is measured. C clients (threads) send N chat completions of benign prom
 - orthopatch serve with batching off (--max-batch 1: one request at a time);
 - `transformers serve --continuous-batching` on the same model directory (skip with --no-transformers).
 
-Reports requests/s, completion tokens/s, p50 and p95 latency for each, and the ratios the serve issue names.
+All servers run at once (an idle one waits on an empty queue) and the load takes them in turn, for --rounds rounds,
+so that the drift of a shared machine spreads over every server alike. Reports requests/s, completion tokens/s, p50
+and p95 latency for each, and the ratios the serve issue names.
 
     python benchmarks/serve.py --patch runs/demo/selective               # embedded SmolLM2-135M, 16 clients
-    python benchmarks/serve.py --model DIR --clients 2 --requests 4 --max-tokens 4 --no-transformers
+    python benchmarks/serve.py --model DIR --clients 2 --requests 4 --rounds 1 --max-tokens 4 --no-transformers
 """
 
 from __future__ import annotations
@@ -47,50 +49,58 @@ def load(url: str, model: str, prompts: list[str], clients: int, requests: int, 
         response.raise_for_status()
         return time.perf_counter() - started, response.json()["usage"]["completion_tokens"]
 
-    one(0)  # warm-up, not timed
     started = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
         results = list(pool.map(one, range(requests)))
-    seconds = time.perf_counter() - started
-    latencies = sorted(latency for latency, _ in results)
-    tokens = sum(t for _, t in results)
-    return {"requests": requests, "seconds": round(seconds, 3), "requests_per_s": round(requests / seconds, 4),
-            "completion_tokens_per_s": round(tokens / seconds, 2),
+    return {"seconds": time.perf_counter() - started, "latencies": [r[0] for r in results],
+            "tokens": sum(r[1] for r in results)}
+
+
+def summary(rounds: list[dict]) -> dict:
+    seconds = sum(r["seconds"] for r in rounds)
+    latencies = sorted(latency for r in rounds for latency in r["latencies"])
+    return {"requests": len(latencies), "seconds": round(seconds, 3),
+            "requests_per_s": round(len(latencies) / seconds, 4),
+            "completion_tokens_per_s": round(sum(r["tokens"] for r in rounds) / seconds, 2),
             "p50_latency_s": round(statistics.median(latencies), 3),
             "p95_latency_s": round(latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))], 3)}
 
 
-def orthopatch_runs(args, prompts: list[str]) -> dict:
+def start_servers(args) -> dict[str, tuple[ServerProcess, str]]:
+    """Every compared server, each with the model id its load uses (idle servers cost nothing while another is
+    measured: their engines wait on an empty queue)."""
     served = ["--served-model-name", "base"] + (["--model", args.model] if args.model else [])
+    servers: dict[str, tuple[ServerProcess, str]] = {}
     patch = ["--patch", f"selective={args.patch}"] if args.patch else []
-    runs = {}
-    server = ServerProcess(*served, *patch, "--max-batch", str(args.max_batch))
-    try:
-        runs["orthopatch_base"] = load(server.url, "base", prompts, args.clients, args.requests, args.max_tokens)
-        if args.patch:
-            runs["orthopatch_gated"] = load(server.url, "selective", prompts, args.clients, args.requests,
-                                            args.max_tokens)
-    finally:
-        server.stop()
-    server = ServerProcess(*served, "--max-batch", "1", "--max-queue", str(max(64, args.clients)))
-    try:
-        runs["orthopatch_unbatched"] = load(server.url, "base", prompts, args.clients, args.requests,
-                                            args.max_tokens)
-    finally:
-        server.stop()
-    return runs
+    batched = ServerProcess(*served, *patch, "--max-batch", str(args.max_batch))
+    servers["orthopatch_base"] = (batched, "base")
+    if args.patch:
+        servers["orthopatch_gated"] = (batched, "selective")
+    servers["orthopatch_unbatched"] = (ServerProcess(*served, "--max-batch", "1", "--max-queue",
+                                                     str(max(64, args.clients))), "base")
+    if not args.no_transformers:
+        path = str(resolve_model_path(args.model)[1])
+        command = [str(Path(sys.executable).with_name("transformers")), "serve", path, "--continuous-batching",
+                   "--device", "cpu" if not torch.cuda.is_available() else "auto", "--host", "127.0.0.1",
+                   "--port", "{port}"]
+        servers["transformers_serve_cb"] = (ServerProcess(command=command), path)
+    return servers
 
 
-def transformers_run(args, prompts: list[str]) -> dict:
-    path = str(resolve_model_path(args.model)[1])
-    command = [str(Path(sys.executable).with_name("transformers")), "serve", path, "--continuous-batching",
-               "--device", "cpu" if not torch.cuda.is_available() else "auto", "--host", "127.0.0.1",
-               "--port", "{port}"]
-    server = ServerProcess(command=command)
+def measure(args, prompts: list[str]) -> dict:
+    """Rounds that take the servers in turn (drift of a shared machine spreads over all of them)."""
+    servers = start_servers(args)
     try:
-        return load(server.url, path, prompts, args.clients, args.requests, args.max_tokens)
+        for server, model in servers.values():
+            load(server.url, model, prompts, 1, 1, args.max_tokens)  # warm-up, not timed
+        rounds: dict[str, list[dict]] = {name: [] for name in servers}
+        for _ in range(args.rounds):
+            for name, (server, model) in servers.items():
+                rounds[name].append(load(server.url, model, prompts, args.clients, args.requests, args.max_tokens))
+        return {name: summary(each) for name, each in rounds.items()}
     finally:
-        server.stop()
+        for server in {id(s): s for s, _ in servers.values()}.values():
+            server.stop()
 
 
 def ratio(runs: dict, a: str, b: str) -> float | None:
@@ -102,15 +112,14 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="default: the embedded SmolLM2-135M-Instruct")
     parser.add_argument("--patch", help="a gated patch (train --preset selective), served as 'selective'")
     parser.add_argument("--clients", type=int, default=16)
-    parser.add_argument("--requests", type=int, default=64)
+    parser.add_argument("--requests", type=int, default=32, help="requests per server per round")
+    parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--max-batch", type=int, default=16)
     parser.add_argument("--no-transformers", action="store_true", help="skip transformers serve")
     args = parser.parse_args()
     prompts = benign_prompts(max(args.requests, 2))
-    runs = orthopatch_runs(args, prompts)
-    if not args.no_transformers:
-        runs["transformers_serve_cb"] = transformers_run(args, prompts)
+    runs = measure(args, prompts)
     print(json.dumps({
         "model": args.model or "embedded", "patch": args.patch, "clients": args.clients,
         "max_tokens": args.max_tokens, "threads": torch.get_num_threads(), "runs": runs,

@@ -76,7 +76,7 @@ def test_gate_overhead(tiny_model, gated_patch):
 
 def test_serve(tiny_model, gated_patch):
     output = run("serve.py", "--model", str(tiny_model), "--patch", str(gated_patch), "--clients", "2",
-                 "--requests", "4", "--max-tokens", "3")
+                 "--requests", "4", "--rounds", "1", "--max-tokens", "3")
     check("serve.py", {**output, **output["runs"]["orthopatch_base"], **output["ratios"]})
     assert set(output["runs"]) == {"orthopatch_base", "orthopatch_gated", "orthopatch_unbatched",
                                    "transformers_serve_cb"}

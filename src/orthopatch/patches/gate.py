@@ -18,6 +18,7 @@ any number of gated and ungated patches can be attached side by side. PEFT's own
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -127,11 +128,10 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> to
     return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
 
 
-@torch.no_grad()
-def layer_features(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, layers: list[int]
-                   ) -> dict[int, torch.Tensor]:
-    """Hidden states (batch, tokens, hidden) after each of ``layers``, from one forward pass that stops after the
-    deepest of them (``model`` is the plain transformers model, or a PEFT model with its adapters switched off)."""
+@contextmanager
+def captured_layers(model, layers: list[int], *, stop: bool = False):
+    """Within the block, every forward pass of ``model`` records the hidden states (batch, tokens, hidden) after
+    each of ``layers`` into the yielded dict; with ``stop`` the pass ends right after the deepest of them."""
     stack = decoder_layers(model)
     if not layers or min(layers) < 1 or max(layers) > len(stack):
         raise UserError(f"gate layers must lie in 1..{len(stack)}", field="layer")
@@ -140,19 +140,32 @@ def layer_features(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     def capture(index: int):
         def hook(_module, _inputs, output):
             captured[index] = (output[0] if isinstance(output, tuple) else output).float()
-            if index == max(layers):
+            if stop and index == max(layers):
                 raise _Stop
         return hook
 
     handles = [stack[index - 1].register_forward_hook(capture(index)) for index in sorted(set(layers))]
     try:
-        model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-    except _Stop:
-        pass
+        yield captured
     finally:
         for handle in handles:
             handle.remove()
+
+
+@torch.no_grad()
+def layer_features(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, layers: list[int]
+                   ) -> dict[int, torch.Tensor]:
+    """Hidden states (batch, tokens, hidden) after each of ``layers``, from one forward pass that stops after the
+    deepest of them (``model`` is the plain transformers model, or a PEFT model with its adapters switched off)."""
+    with captured_layers(model, layers, stop=True) as captured, suppress(_Stop):
+        model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
     return captured
+
+
+def score_features(gates: list[Gate], features: dict[int, torch.Tensor], attention: torch.Tensor) -> list[float]:
+    """Row i's logit under ``gates[i]`` from captured hidden states (rows of ``features`` and ``attention``)."""
+    return [float(gate.logits(pool(features[gate.layer][row:row + 1], attention[row:row + 1], gate.pooling))[0])
+            for row, gate in enumerate(gates)]
 
 
 class GateRuntime:
@@ -257,6 +270,5 @@ def score_prompts(model, gates: list[Gate], prompt_ids: list[list[int]], pad_id:
     its adapters switched off) over the left-padded prompts, stopped after the deepest layer any gate reads."""
     device = next(model.parameters()).device
     input_ids, attention = left_pad(prompt_ids, pad_id, device)
-    hidden = layer_features(model, input_ids, attention, sorted({g.layer for g in gates}))
-    return [float(gate.logits(pool(hidden[gate.layer][row:row + 1], attention[row:row + 1], gate.pooling))[0])
-            for row, gate in enumerate(gates)]
+    return score_features(gates, layer_features(model, input_ids, attention, sorted({g.layer for g in gates})),
+                          attention)

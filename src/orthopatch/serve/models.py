@@ -20,7 +20,7 @@ import torch
 from orthopatch.errors import UserError
 from orthopatch.models.embedded import EMBEDDED_ALIASES
 from orthopatch.models.loading import fingerprint, load_model, load_tokenizer, resolve_model_path
-from orthopatch.patches.gate import Gate, score_prompts
+from orthopatch.patches.gate import Gate, score_features, score_prompts
 from orthopatch.patches.manifest import verify_patch
 from orthopatch.patches.routing import RowMask
 from orthopatch.patches.stack import attach_patches, parse_patch_spec
@@ -104,26 +104,55 @@ class ModelSet:
         return [torch.tensor([r["patch"] == p.name and r["applied"] for r in routes], dtype=torch.bool)
                 for p in self.patches.values() if p.rows is not None]
 
+    def gate_of(self, name: str) -> Gate | None:
+        patch = self.patches.get(name)
+        return None if patch is None else patch.gate
+
+    def gate_layers(self, wanted: list[str]) -> list[int]:
+        """The layers whose hidden states the gates of these rows read."""
+        return sorted({gate.layer for gate in map(self.gate_of, wanted) if gate is not None})
+
     def route(self, wanted: list[str], prompt_ids: list[list[int]]) -> list[dict[str, Any]]:
-        """Per row, before its first token: which patch acts (a gated patch's gate reads the base's hidden states
-        of the row's prompt, all gated rows in one partial forward pass)."""
-        gated = [i for i, name in enumerate(wanted) if name in self.patches and self.patches[name].gate]
+        """Per row, before its first token: which patch acts. The gates read the base's hidden states of their
+        rows' prompts from a partial forward pass of their own (upstream mode; the local engine reads them from the
+        prefill itself, :meth:`route_from_features`)."""
+        gated = [i for i, name in enumerate(wanted) if self.gate_of(name) is not None]
         scores: dict[int, float] = {}
         if gated:
             switched_off = self.model.disable_adapter() if hasattr(self.model, "disable_adapter") else nullcontext()
             with switched_off:
                 inner = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
-                values = score_prompts(inner, [self.patches[wanted[i]].gate for i in gated],
+                values = score_prompts(inner, [self.gate_of(wanted[i]) for i in gated],
                                        [prompt_ids[i] for i in gated], self.tokenizer.pad_token_id)
             scores = dict(zip(gated, values, strict=True))
-        return [self._route(i, name, scores.get(i)) for i, name in enumerate(wanted)]
+        return [self._route(name, scores.get(i)) for i, name in enumerate(wanted)]
 
-    def _route(self, row: int, name: str, score: float | None) -> dict[str, Any]:
+    def route_from_features(self, wanted: list[str], features: dict[int, torch.Tensor],
+                            attention: torch.Tensor) -> list[dict[str, Any]]:
+        """The same decisions from hidden states captured in a forward pass in which the gated rows ran on the
+        base (their patches held off until decided)."""
+        gated = [i for i, name in enumerate(wanted) if self.gate_of(name) is not None]
+        scores: dict[int, float] = {}
+        if gated:
+            rows = torch.tensor(gated, device=attention.device)
+            values = score_features([self.gate_of(wanted[i]) for i in gated],
+                                    {layer: hidden[rows] for layer, hidden in features.items()}, attention[rows])
+            scores = dict(zip(gated, values, strict=True))
+        return [self._route(name, scores.get(i)) for i, name in enumerate(wanted)]
+
+    def provisional(self, wanted: list[str]) -> list[dict[str, Any]]:
+        """Routes before any gate has decided: gated rows on the base, the rest as they will stay."""
+        return [self._route(name, None) for name in wanted]
+
+    def _route(self, name: str, score: float | None) -> dict[str, Any]:
+        """A gated row without a score yet is held on the base (the provisional route of its first pass)."""
         patch = self.patches.get(name)
         if patch is None:
             return {"patch": None, "applied": False, "gate": None}
         if patch.gate is None:
             return {"patch": name, "applied": True, "gate": None}
+        if score is None:
+            return {"patch": name, "applied": False, "gate": None}
         flagged = score >= patch.gate.threshold
         return {"patch": name, "applied": flagged, "gate": {"score": score, "threshold": patch.gate.threshold,
                                                             "flagged": flagged, "layer": patch.gate.layer}}

@@ -12,7 +12,7 @@ from orthopatch.evaluate.config import EvalConfig
 from orthopatch.evaluate.judges import STRING_JUDGES
 from orthopatch.evaluate.judging import get_judge
 from orthopatch.evaluate.metrics import answer_matches, perplexity, wilson_interval
-from orthopatch.evaluate.runner import RESULTS, SAMPLES, run_eval
+from orthopatch.evaluate.runner import RESULTS, SAMPLES, run_eval, safety_metrics
 from orthopatch.models.generation import generate
 from orthopatch.models.loading import load_model
 from orthopatch.train.config import LoraSettings, TrainConfig
@@ -111,3 +111,15 @@ def test_eval_rejects_misfiled_sets(tiny_model, tmp_path):
         run_eval(EvalConfig(model=str(tiny_model), output=str(tmp_path / "x"), harmful=["wsr_benign"], **SMALL),
                  progress=False)
     assert not (tmp_path / "x").exists()
+
+
+def test_over_refusal_is_reported_per_category_where_the_records_have_one():
+    rows = [{"set": "rho_overrefusal", "group": "benign", "id": str(i), "category": "figurative" if i < 4 else
+             "history", "refused": i in (0, 1, 5)} for i in range(10)]
+    rows += [{"set": "plain", "group": "benign", "id": "p", "refused": True}]
+    m = safety_metrics(rows, {"rho_overrefusal": {"group": "benign"}, "plain": {"group": "benign"}})
+    by_category = m["over_refusal_by_category"]
+    assert set(by_category) == {"rho_overrefusal"}  # a set without categories gets none
+    assert by_category["rho_overrefusal"]["figurative"]["value"] == 0.5
+    assert by_category["rho_overrefusal"]["history"]["n"] == 6
+    assert by_category["rho_overrefusal"]["history"]["value"] == pytest.approx(1 / 6)

@@ -151,6 +151,8 @@ def _sample_row(prompt_set: PromptSet, record: Record, response: str) -> dict[st
            "prompt_sha256": sha256_text(record.prompt)}
     if prompt_set.family:
         row["family"] = prompt_set.family
+    if record.meta.get("category"):
+        row["category"] = str(record.meta["category"])
     if not prompt_set.harmful:
         row["prompt"] = record.prompt
     return {**row, "response": response}
@@ -206,6 +208,9 @@ def safety_metrics(samples: list[dict[str, Any]], sets: dict[str, dict[str, Any]
         else:
             m["over_refusal"][name] = rate(refused)
             benign += refused
+            by_category = _by_category(rows)
+            if by_category:
+                m.setdefault("over_refusal_by_category", {})[name] = by_category
     if m["jailbreak_asr"]:
         values = [v["value"] for v in m["jailbreak_asr"].values() if v["n"]]
         m["jailbreak_asr_mean"] = {"value": sum(values) / len(values) if values else None,
@@ -229,6 +234,16 @@ def safety_metrics(samples: list[dict[str, Any]], sets: dict[str, dict[str, Any]
     if judges:
         m["judges"] = judges
     return m
+
+
+def _by_category(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Refusal rate per ``category`` of a set's rows (benign sets whose records carry ``meta.category``), so a user
+    sees which kinds of prompt a patch refuses."""
+    groups: dict[str, list[bool]] = {}
+    for row in rows:
+        if row.get("category"):
+            groups.setdefault(row["category"], []).append(row["refused"])
+    return {category: rate(values) for category, values in sorted(groups.items())}
 
 
 def judged_sets(data: dict[str, Any]) -> dict[str, dict[str, Any]]:

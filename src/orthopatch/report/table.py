@@ -48,6 +48,8 @@ def metric_rows(results: dict[str, Any]) -> list[tuple[str, str, float | None]]:
     for name, value in m.get("over_refusal", {}).items():
         label = "over-refusal: all benign-sensitive" if name == "all" else f"over-refusal: {name}"
         add(label + " (lower is better)", value)
+        for category, each in m.get("over_refusal_by_category", {}).get(name, {}).items():
+            add(f"  {name} / {category}", each)
     for judge, info in m.get("judges", {}).items():
         for set_name, entry in info["sets"].items():
             add(f"judge {judge} vs primary, disagreement: {set_name}", entry["disagreement"])

@@ -25,10 +25,11 @@ from orthopatch.recipes.redteam import RedteamConfig
 from orthopatch.recipes.reproduce import ReproduceConfig
 from orthopatch.recipes.selective import SelectiveConfig
 from orthopatch.recipes.sweep import SweepConfig
+from orthopatch.serve.config import ServeConfig
 from orthopatch.train.config import TrainConfig
 
 CONFIGS = [TrainConfig, EvalConfig, SweepConfig, RedteamConfig, LeversConfig, DomainsConfig, ReproduceConfig,
-           AnalyzeConfig, DoseSettings, DemoConfig, SelectiveConfig]
+           AnalyzeConfig, DoseSettings, DemoConfig, SelectiveConfig, ServeConfig]
 
 
 def ranged_fields(cls, prefix: str = "") -> list[tuple[str, Range, bool, bool]]:

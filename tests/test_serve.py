@@ -340,3 +340,17 @@ def test_the_playground_shows_both_answers_and_the_decision(server, offline, tmp
         assert errors == [], json.dumps(errors)
     finally:
         driver.quit()
+
+
+@pytest.mark.parametrize(("args", "field"), [(["--max-batch", "0"], "max_batch"), (["--port", "70000"], "port"),
+                                             (["--patch", "no-equals-sign"], "--patch"),
+                                             (["--upstream", "ftp://x"], "upstream")])
+def test_bad_serve_flags_exit_2_naming_the_field_before_any_model_loads(args, field, capsys, monkeypatch):
+    from orthopatch.cli import main
+    from orthopatch.serve import models as served
+
+    loads = []
+    monkeypatch.setattr(served, "load_model", lambda *a, **k: loads.append(a))
+    assert main(["serve", *args]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and f"field '{field}'" in error[0] and not loads

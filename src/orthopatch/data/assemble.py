@@ -85,16 +85,18 @@ def answerable(name: str, dataset: Dataset) -> bool:
 
 
 def wrapped_copies(records: list[Record], share: float, seed: int, split: str, split_seed: int = 0,
-                   max_chars: int = 1500) -> list[Record]:
-    """Copies of a seeded ``share`` of ``records`` wrapped in PyRIT jailbreak templates of ``split`` (train for
-    training data, validation for selection; evaluation reads the test split): harmful requests in jailbreak form,
-    or benign ones ("adversarial benign", which keeps a patch from refusing the form instead of the request).
-    Renderings longer than ``max_chars`` are left out."""
-    templates = [t for t in get_split(load_dataset("pyrit_jailbreak_templates"), split, split_seed)
+                   max_chars: int = 1500, source: str = "pyrit_jailbreak_templates") -> list[Record]:
+    """Copies of a seeded ``share`` of ``records`` wrapped in the templates of ``source`` (PyRIT's jailbreak
+    templates, or the project's ``rephrasings``) of ``split`` (train for training data, validation for selection;
+    evaluation reads the test split): harmful requests in jailbreak form, or benign ones ("adversarial benign",
+    which keeps a patch from refusing the form instead of the request). Renderings longer than ``max_chars`` are
+    left out."""
+    templates = [t for t in get_split(load_dataset(source), split, split_seed)
                  if t.meta.get("parameters", ["prompt"]) == ["prompt"]]
+    salt = "wrap" if source == "pyrit_jailbreak_templates" else f"wrap:{source}"  # PyRIT's copies as before
     out = []
     for record in records:
-        digest = hashlib.sha256(f"wrap:{seed}:{split}:{record.id}".encode()).digest()
+        digest = hashlib.sha256(f"{salt}:{seed}:{split}:{record.id}".encode()).digest()
         if int.from_bytes(digest[:8], "big") / 2**64 >= share:
             continue
         template = templates[int.from_bytes(digest[8:16], "big") % len(templates)]

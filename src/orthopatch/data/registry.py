@@ -20,6 +20,9 @@ from orthopatch.data.lookalikes import VERSION as LOOKALIKES_VERSION
 from orthopatch.data.lookalikes import lookalike_records
 from orthopatch.data.packages import CARRIERS, carrier_dir, verified_file
 from orthopatch.data.schema import Record
+from orthopatch.data.varied import SPLIT_FRACTIONS as VARIED_SPLITS
+from orthopatch.data.varied import VERSION as VARIED_VERSION
+from orthopatch.data.varied import rephrasing_templates, varied_benign_records
 from orthopatch.errors import UserError
 from orthopatch.io import sha256_file, sha256_json, sha256_text
 
@@ -164,6 +167,14 @@ def _load_lookalikes(paths: list[Path]) -> list[Record]:
     return lookalike_records()
 
 
+def _load_varied_benign(paths: list[Path]) -> list[Record]:
+    return varied_benign_records()
+
+
+def _load_rephrasings(paths: list[Path]) -> list[Record]:
+    return rephrasing_templates()
+
+
 def _load_pyrit_templates(paths: list[Path]) -> list[Record]:
     root = carrier_dir("pyrit") / PYRIT_TEMPLATES
     out = []
@@ -256,6 +267,14 @@ _SPECS = [
                 "harmlessly (protection, history, law, fiction, support) and homonyms ('kill a process'); split by "
                 "framing and topic", "orthopatch", {}, "prompts", False, LOOKALIKE_SPLITS, _load_lookalikes,
                 meta={"version": LOOKALIKES_VERSION}),
+    DatasetSpec("varied_benign", "benign prompts written by the project that look like harm in their words: violent "
+                "words used figuratively, crimes in games and fiction, definitions, history, public and fictional "
+                "people, nonsense targets, safety-seeking questions, long documents and code; several styles; split "
+                "by generator, categories in meta", "orthopatch", {}, "prompts", False, VARIED_SPLITS,
+                _load_varied_benign, meta={"version": VARIED_VERSION}),
+    DatasetSpec("rephrasings", "project-written templates that move a request into another tense, person or "
+                "register, or into nested fiction, role-play or a multi-step task; split by template", "orthopatch",
+                {}, "templates", False, VARIED_SPLITS, _load_rephrasings, meta={"version": VARIED_VERSION}),
     DatasetSpec("trivia", "chatterbot-corpus English trivia QA pairs", "chatterbot-corpus",
                 {"data/english/trivia.yml": "3a9de77e6d82803d1ea3eba48cf6543c884908f4c4f50501fed69f88112994dc"},
                 "qa", False, {"train": 0.5, "validation": 0.2, "test": 0.3}, _load_trivia),

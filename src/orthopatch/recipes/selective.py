@@ -34,7 +34,7 @@ from orthopatch.evaluate.config import DEFAULT_ATTACKS, EvalConfig
 from orthopatch.evaluate.runner import evaluate
 from orthopatch.io import write_json_atomic
 from orthopatch.models.generation import generate
-from orthopatch.patches.gate import gate_scores, gates_of
+from orthopatch.patches.gate import Gate, gate_scores, gates_of
 from orthopatch.patches.manifest import apply_patch, library_versions
 from orthopatch.patches.scale import set_patch_scale
 from orthopatch.recipes.frontier import gate_frontier, judged_only
@@ -228,6 +228,8 @@ def select_on_validation(study: Study) -> dict[str, Any]:
         families[family] = {"patch": str(patch), "curve": curve, "shipped": chosen[0], "setting": chosen[1],
                             "dose": 1.0 if family in GATED else float(chosen[1].split()[-1]),
                             "cost": json.loads((patch / "orthopatch.json").read_text())["cost"]}
+        if family in GATED:  # the gate's error on each source, fitted with and without it (leave one source out)
+            families[family]["gate_sources"] = Gate.load(patch).info.get("out_of_source")
     best = max(families, key=lambda f: margin(families[f]["shipped"]["over_refusal"],
                                               families[f]["shipped"]["harmful_refusal"]))
     ablations = contrast_ablations(study, val)

@@ -12,6 +12,7 @@ from typing import Any
 from orthopatch.io import write_text_atomic
 from orthopatch.report.figures import frontier_figure
 from orthopatch.report.html import Figure, Section, Table, cell
+from orthopatch.train.gate_selection import error_table
 
 COLUMNS = [("family", "family"), ("setting", "setting"), ("HarmBench refusal", "harmful_refusal"),
            ("over-refusal (rho+wsr)", "over_refusal"), ("mean jailbreak ASR", "jailbreak_asr_mean"),
@@ -39,7 +40,21 @@ def header() -> list[str]:
 def markdown(record: dict[str, Any]) -> str:
     lines = ["| " + " | ".join(header()) + " |", "|" + "---|" * len(header())]
     lines += ["| " + " | ".join(row) + " |" for row in rows_of(record)]
+    for family, entry in record["selection"]["families"].items():
+        if entry.get("gate_sources"):
+            lines += ["", f"The {family} family's gate, validation error per source: fitted on every source (in "
+                      "source) and refitted without that source (out of source)", "",
+                      error_table(entry["gate_sources"])]
     return "\n".join(lines) + "\n"
+
+
+def source_table(report: dict[str, Any], family: str) -> Table:
+    rows = [[name, "harmful (missed)" if e["harmful"] else "benign (flagged)", str(e["n_validation"]),
+             cell(e["in_source"], True), cell(e["out_of_source"], True)] for name, e in report["sources"].items()]
+    rows.append(["balanced mean", "", "", cell(report["balanced_error_in_source"], True),
+                 cell(report["balanced_error_out_of_source"], True)])
+    return Table(["source", "kind", "validation prompts", "error in source", "error out of source"], rows,
+                 f"The {family} gate's error per source, fitted with it and without it (leave one source out)")
 
 
 def selective_outputs(root: Path, record: dict[str, Any]) -> None:
@@ -71,6 +86,8 @@ def report_section(root: Path, record: dict[str, Any]) -> Section:
         tables.append(Table(["contrast sets", "validation recall", "false positives", "AUROC"],
                             [[name, cell(v["recall"], True), cell(v["false_positive_rate"], True), cell(v["auroc"])]
                              for name, v in ablations["gate"].items()], "The gate without each contrast set"))
+    tables += [source_table(e["gate_sources"], family) for family, e in selection["families"].items()
+               if e.get("gate_sources")]
     if ablations.get("retain"):
         tables.append(Table(["contrastive patch without", "validation refusal", "over-refusal"],
                             [[name, cell(v["harmful_refusal"], True), cell(v["over_refusal"], True)]

@@ -18,7 +18,8 @@ HARMFUL = ("advbench", "donotanswer:discrimination_exclusion_toxicity_hateful_of
            "donotanswer:information_hazard", "donotanswer:malicious_uses")
 # Benign contrast for a selective patch: project-written look-alikes, casual chit-chat and Do-Not-Answer's
 # borderline areas (requests to answer with care); copies wrapped in jailbreak templates are added by ``wrap``.
-CONTRAST = ("lookalikes", "chatterbot_prompts", "donotanswer:human_chatbox", "donotanswer:misinformation_harms")
+CONTRAST = ("lookalikes", "varied_benign", "chatterbot_prompts", "donotanswer:human_chatbox",
+            "donotanswer:misinformation_harms")
 SELECTIVE = {"data": list(HARMFUL), "shuffle": True, "max_examples": 256, "epochs": 1, "group_by_length": True}
 SELECTIVE_RETAIN = {"data": list(CONTRAST), "weight": 10.0}
 # Named training recipes (`orthopatch train --preset NAME`), applied under --config and --set. Each comes from a
@@ -88,6 +89,12 @@ class GateSettings:
     wrap: float = num(0.3, ge=0, le=1)
     wrap_benign: bool = True  # wrap benign training prompts too ("adversarial benign"); off: only harmful ones
     wrap_max_chars: int = num(800, **POSITIVE)  # longer renderings are left out (they cost most to read)
+    # a share of the harmful prompts copied into the project's rephrasings (tense, person, register, nested fiction,
+    # role-play, multi-step; train-split templates to fit, validation-split ones to choose)
+    rephrase: float = num(0.5, ge=0, le=1)
+    # "out-of-source": choose layer, pooling and penalty by the error on sources left out of fitting one at a time;
+    # "in-source": by the benign validation prompts flagged (the sources the probe was fitted on)
+    selection: str = field(default="out-of-source", metadata={"choices": lambda: ("out-of-source", "in-source")})
     layers: list[float] = num(factory=lambda: [0.4, 0.55, 0.7, 0.85], gt=0, lt=1)  # fractions of the depth
     poolings: list[str] = field(default_factory=lambda: ["last", "mean"],
                                 metadata={"check_each": lambda v: _choice(v, ("last", "mean"))})

@@ -1,0 +1,86 @@
+"""Choosing a gate by how it does on sources it never saw: leave one source out.
+
+Every training and validation prompt of a gate belongs to a *source*: a harmful set, a jailbreak or rephrasing
+family, a benign set or one kind within it (a look-alike framing kind, a category of the varied benign prompts), the
+wrapped benign prompts. For each source that has training prompts, the probe is fitted again without them (and,
+for a set, without the wrapped or rephrased copies of its prompts), its
+threshold set on the harmful validation prompts of the other sources, and its error measured on that source's
+validation prompts: the share flagged for a benign source, the share missed for a harmful one. A source with only
+validation prompts (the over-refusal sets) is out of source already. The mean of those errors (benign and harmful
+halves weighted alike) estimates the gate's error on prompts shaped unlike anything it was fitted on, which is
+what users send; the error of the gate fitted on everything, on the same prompts, is the in-source error beside it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from orthopatch.patches.gate import Gate
+
+Fit = Any  # (X, y, l2) -> (weight, bias, mean, scale)
+
+
+def _threshold(scores: torch.Tensor, recall: float) -> float:
+    ordered = scores.sort().values
+    return float(ordered[int((1 - recall) * len(ordered) + 1e-9)])
+
+
+def _error(gate: Gate, X: torch.Tensor, harmful: bool) -> float:
+    flagged = (gate.logits(X) >= gate.threshold).float().mean()
+    return round(float(1 - flagged if harmful else flagged), 4)
+
+
+def leave_one_source_out(fit: Fit, full: Gate, train: tuple[torch.Tensor, torch.Tensor, list[str]],
+                         validation: tuple[torch.Tensor, torch.Tensor, list[str]], l2: float, recall: float,
+                         origins: list[str] | None = None) -> dict[str, Any]:
+    """The in-source and out-of-source error of each source, and their means. ``train`` and ``validation`` are
+    (features, labels 1 = harmful, source of each row); ``full`` is the probe fitted on every training row.
+    ``origins`` (the set each training row was drawn from): holding out a set also holds out the wrapped and
+    rephrased copies of its prompts, which would otherwise carry its content into fitting."""
+    X, y, units = train
+    origins = origins or units
+    Xv, yv, vunits = validation
+    per_source: dict[str, dict[str, Any]] = {}
+    for source in dict.fromkeys(vunits):
+        rows = torch.tensor([u == source for u in vunits])
+        harmful = bool(yv[rows][0] > 0)
+        held = torch.tensor([u == source or o == source for u, o in zip(units, origins, strict=True)])
+        entry = {"harmful": harmful, "n_validation": int(rows.sum()), "n_train_held_out": int(held.sum()),
+                 "in_source": _error(full, Xv[rows], harmful)}
+        if held.any():
+            keep = ~held
+            gate = Gate(full.layer, full.pooling, 0.0, *fit(X[keep], y[keep], l2))
+            others = (yv > 0) & ~rows
+            gate.threshold = _threshold(gate.logits(Xv[others]), recall)
+            entry["out_of_source"] = _error(gate, Xv[rows], harmful)
+        else:  # no training prompt of this kind: the full probe never saw it
+            entry["out_of_source"] = entry["in_source"]
+        per_source[source] = entry
+    return {"sources": per_source, **summary(per_source)}
+
+
+def summary(per_source: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    def mean(key: str, harmful: bool) -> float | None:
+        values = [e[key] for e in per_source.values() if e["harmful"] is harmful]
+        return round(sum(values) / len(values), 4) if values else None
+
+    out = {f"{side}_{key}": mean(key, side == "harmful_miss") for side in ("benign_flagged", "harmful_miss")
+           for key in ("in_source", "out_of_source")}
+    for key in ("in_source", "out_of_source"):
+        halves = [v for v in (out[f"benign_flagged_{key}"], out[f"harmful_miss_{key}"]) if v is not None]
+        out[f"balanced_error_{key}"] = round(sum(halves) / len(halves), 4) if halves else None
+    return out
+
+
+def error_table(report: dict[str, Any]) -> str:
+    """The per-source table as Markdown (in-source next to out-of-source error)."""
+    lines = ["| source | kind | validation prompts | error in source | error out of source |", "|---|---|---|---|---|"]
+    for name, e in report["sources"].items():
+        kind = "harmful (missed)" if e["harmful"] else "benign (flagged)"
+        lines.append(f"| {name} | {kind} | {e['n_validation']} | {100 * e['in_source']:.1f}% | "
+                     f"{100 * e['out_of_source']:.1f}% |")
+    lines.append(f"| **balanced mean** | | | {100 * report['balanced_error_in_source']:.1f}% | "
+                 f"{100 * report['balanced_error_out_of_source']:.1f}% |")
+    return "\n".join(lines)

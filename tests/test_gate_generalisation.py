@@ -1,0 +1,99 @@
+"""Issue 23's data and validation: the project's varied benign prompts and harmful rephrasings are split by
+generator / template (a validation or test prompt never shares one with training), the gate's prompts carry their
+sources, and leaving one source out never lets a held-out source into fitting (checked on ids)."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import torch
+
+from orthopatch.config import make
+from orthopatch.data.registry import load_dataset
+from orthopatch.data.splits import get_split
+from orthopatch.data.templates import apply_template
+from orthopatch.data.varied import GENERATORS, REPHRASINGS
+from orthopatch.patches.gate import Gate
+from orthopatch.train.config import TrainConfig
+from orthopatch.train.gate import fit_probe, gate_data
+from orthopatch.train.gate_selection import error_table, leave_one_source_out
+
+
+def test_varied_benign_prompts_are_split_by_generator_and_cover_every_category():
+    dataset = load_dataset("varied_benign")
+    splits = {split: get_split(dataset, split) for split in ("train", "validation", "test")}
+    generators = {split: {r.meta["generator"] for r in records} for split, records in splits.items()}
+    assert not (generators["train"] & generators["validation"]) and not (generators["train"] & generators["test"])
+    assert not (generators["validation"] & generators["test"])
+    for split, records in splits.items():
+        categories = Counter(r.meta["category"] for r in records)
+        assert set(categories) == {*GENERATORS, "long_inputs"}, split  # every kind in every split
+    styles = Counter(r.meta["style"] for r in dataset.records)
+    assert len(styles) == 5 and min(styles.values()) >= 20
+    long = [r for r in dataset.records if r.meta["category"] == "long_inputs"]
+    assert min(len(r.prompt) for r in long) >= 200 and max(len(r.prompt) for r in long) >= 1000
+
+
+def test_rephrasing_templates_are_split_by_template_and_render_the_request():
+    dataset = load_dataset("rephrasings")
+    by_split = {split: get_split(dataset, split) for split in ("train", "validation", "test")}
+    assert {split: len(records) for split, records in by_split.items()} == {
+        "train": len(REPHRASINGS), "validation": len(REPHRASINGS), "test": len(REPHRASINGS)}  # one per kind each
+    for records in by_split.values():
+        assert {r.meta["kind"] for r in records} == set(REPHRASINGS)
+        for template in records:
+            assert "PLACEHOLDER-REQUEST" in apply_template(template, "PLACEHOLDER-REQUEST").upper()
+
+
+def test_gate_data_names_a_source_for_every_prompt_and_wraps_with_split_templates_only():
+    settings = make(TrainConfig, gate={"enabled": True, "max_per_set": None}).gate
+    data = gate_data(settings, 0, 0)
+    assert len(data.train_sources) == len(data.train_harmful) + len(data.train_benign)
+    assert len(data.validation_harmful_sources) == len(data.validation_harmful)
+    assert len(data.train_origins) == len(data.train_sources)
+    copies = [o for s, o in zip(data.train_sources, data.train_origins, strict=True) if s.startswith("rephrased/")]
+    assert copies and set(copies) <= set(settings.harmful)  # a copy remembers the set its original came from
+    sources = set(data.train_sources)
+    assert {"advbench", "wrapped harmful", "wrapped benign", "lookalikes/homonym"} <= sources
+    assert {s for s in sources if s.startswith("rephrased/")} == {f"rephrased/{k}" for k in REPHRASINGS}
+    assert {s for s in sources if s.startswith("varied_benign/")} >= {f"varied_benign/{c}" for c in GENERATORS}
+    validation = set(data.validation_benign) | set(data.validation_harmful_sources)
+    assert {"rho_overrefusal", "wsr_benign", "varied_benign/long_inputs"} <= validation
+    assert not set(data.train_harmful + data.train_benign) & set(data.validation_harmful + [
+        p for group in data.validation_benign.values() for p in group])
+
+
+def test_leaving_one_source_out_never_fits_on_it():
+    """Each row's id is written into its features, so the spy sees exactly which rows each refit used."""
+    generator = torch.Generator().manual_seed(0)
+    train_sources = ["h1"] * 20 + ["h2"] * 20 + ["b1"] * 20 + ["b2"] * 20
+    val_sources = ["h1"] * 8 + ["h2"] * 8 + ["b1"] * 8 + ["b2"] * 8 + ["only-val"] * 8
+    X = torch.randn(80, 6, generator=generator)
+    X[:, 0] = torch.arange(80).float()  # the row id
+    y = torch.tensor([1.0] * 40 + [0.0] * 40)
+    X[:, 1] += 3 * y
+    Xv = torch.randn(40, 6, generator=generator)
+    yv = torch.tensor([1.0] * 16 + [0.0] * 24)
+    Xv[:, 1] += 3 * yv
+    seen: list[set[str]] = []
+    kept_rows: list[list[int]] = []
+
+    def spy(X_, y_, l2):
+        seen.append({train_sources[int(i)] for i in X_[:, 0].tolist()})
+        kept_rows.append([int(i) for i in X_[:, 0].tolist()])
+        return fit_probe(X_, y_, l2, steps=50)
+
+    full = Gate(1, "last", 0.0, *fit_probe(X, y, 1e-2))
+    full.threshold = float(full.logits(Xv[:16]).sort().values[0])
+    report = leave_one_source_out(spy, full, (X, y, train_sources), (Xv, yv, val_sources), 1e-2, 0.95)
+    assert seen == [{"h2", "b1", "b2"}, {"h1", "b1", "b2"}, {"h1", "h2", "b2"}, {"h1", "h2", "b1"}]
+    # copies of h1's prompts in another form ("h2" here) leave with h1
+    origins = ["h1"] * 20 + ["h1"] * 5 + ["h2"] * 15 + ["b1"] * 20 + ["b2"] * 20
+    seen.clear()
+    kept_rows.clear()
+    leave_one_source_out(spy, full, (X, y, train_sources), (Xv, yv, val_sources), 1e-2, 0.95, origins)
+    assert seen[0] == {"h2", "b1", "b2"} and len(kept_rows[0]) == 55
+    assert set(report["sources"]) == {"h1", "h2", "b1", "b2", "only-val"}
+    only = report["sources"]["only-val"]
+    assert only["n_train_held_out"] == 0 and only["out_of_source"] == only["in_source"]
+    assert report["balanced_error_out_of_source"] is not None and "| **balanced mean** |" in error_table(report)

@@ -14,7 +14,7 @@ from orthopatch.data.splits import get_split
 from orthopatch.data.templates import apply_template
 from orthopatch.data.varied import GENERATORS, REPHRASINGS
 from orthopatch.patches.gate import Gate
-from orthopatch.train.config import TrainConfig
+from orthopatch.train.config import CONTRAST, TrainConfig
 from orthopatch.train.gate import fit_probe, gate_data
 from orthopatch.train.gate_selection import error_table, leave_one_source_out
 
@@ -46,7 +46,8 @@ def test_rephrasing_templates_are_split_by_template_and_render_the_request():
 
 
 def test_gate_data_names_a_source_for_every_prompt_and_wraps_with_split_templates_only():
-    settings = make(TrainConfig, gate={"enabled": True, "max_per_set": None}).gate
+    settings = make(TrainConfig, gate={"enabled": True, "max_per_set": None, "rephrase": 0.5,
+                                       "benign": [*CONTRAST, "varied_benign"]}).gate
     data = gate_data(settings, 0, 0)
     assert len(data.train_sources) == len(data.train_harmful) + len(data.train_benign)
     assert len(data.validation_harmful_sources) == len(data.validation_harmful)
@@ -97,3 +98,23 @@ def test_leaving_one_source_out_never_fits_on_it():
     only = report["sources"]["only-val"]
     assert only["n_train_held_out"] == 0 and only["out_of_source"] == only["in_source"]
     assert report["balanced_error_out_of_source"] is not None and "| **balanced mean** |" in error_table(report)
+
+
+def test_the_default_gate_data_is_the_measured_recipe_s():
+    """The new sources are opt-in: by default the gate sees what the shipped selective patch was measured with."""
+    data = gate_data(make(TrainConfig, gate={"enabled": True, "max_per_set": 20}).gate, 0, 0)
+    sources = set(data.train_sources) | set(data.validation_harmful_sources) | set(data.validation_benign)
+    assert not any(s.startswith(("rephrased/", "varied_benign")) for s in sources)
+
+
+def test_the_only_source_of_its_class_cannot_be_left_out():
+    generator = torch.Generator().manual_seed(1)
+    X, Xv = torch.randn(40, 4, generator=generator), torch.randn(20, 4, generator=generator)
+    y, yv = torch.tensor([1.0] * 20 + [0.0] * 20), torch.tensor([1.0] * 10 + [0.0] * 10)
+    full = Gate(1, "last", 0.0, *fit_probe(X, y, 1e-2))
+    report = leave_one_source_out(lambda X_, y_, l2: fit_probe(X_, y_, l2, steps=20), full,
+                                  (X, y, ["h"] * 20 + ["b1"] * 10 + ["b2"] * 10),
+                                  (Xv, yv, ["h"] * 10 + ["b1"] * 5 + ["b2"] * 5), 1e-2, 0.9)
+    assert report["sources"]["h"]["out_of_source"] is None  # no harmful prompt would be left to fit on
+    assert report["sources"]["b1"]["out_of_source"] is not None and report["harmful_miss_out_of_source"] is None
+    assert "| h | harmful (missed) | 10 |" in error_table(report)

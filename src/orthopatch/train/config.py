@@ -18,8 +18,9 @@ HARMFUL = ("advbench", "donotanswer:discrimination_exclusion_toxicity_hateful_of
            "donotanswer:information_hazard", "donotanswer:malicious_uses")
 # Benign contrast for a selective patch: project-written look-alikes, casual chit-chat and Do-Not-Answer's
 # borderline areas (requests to answer with care); copies wrapped in jailbreak templates are added by ``wrap``.
-CONTRAST = ("lookalikes", "varied_benign", "chatterbot_prompts", "donotanswer:human_chatbox",
-            "donotanswer:misinformation_harms")
+# ``varied_benign`` (issue 23's kinds of look-alike) is not in the default: with it and the harmful rephrasings the
+# chosen gates refused fewer varied prompts but more wsr and look-alike ones, or refused less HarmBench (README).
+CONTRAST = ("lookalikes", "chatterbot_prompts", "donotanswer:human_chatbox", "donotanswer:misinformation_harms")
 SELECTIVE = {"data": list(HARMFUL), "shuffle": True, "max_examples": 256, "epochs": 1, "group_by_length": True}
 SELECTIVE_RETAIN = {"data": list(CONTRAST), "weight": 10.0}
 # Named training recipes (`orthopatch train --preset NAME`), applied under --config and --set. Each comes from a
@@ -77,10 +78,11 @@ class RetainSettings:
 class GateSettings:
     """A selective patch's gate (off unless ``enabled``): a class-balanced, L2-regularised logistic probe on the
     frozen base's hidden states of each prompt, fitted after training on ``harmful`` against ``benign`` prompts (train
-    splits, plus copies of a ``wrap`` share of each wrapped in train-split jailbreak templates). Its layer, pooling
-    and penalty are chosen on the same sets' validation splits plus ``validation_benign`` (validation splits of the
-    over-refusal sets), and its threshold is the highest that flags ``recall`` of the harmful validation prompts.
-    The patch then acts only on flagged prompts; the others run on the base unchanged."""
+    splits, plus copies of a ``wrap`` share of each wrapped in train-split jailbreak templates and of a ``rephrase``
+    share of the harmful ones in the project's rephrasing templates). Its layer, pooling and penalty are chosen on the
+    same sets' validation splits plus ``validation_benign`` (validation splits of the over-refusal sets), in source or
+    by leaving one source out at a time (``selection``), and its threshold is the highest that flags ``recall`` of the harmful
+    validation prompts. The patch then acts only on flagged prompts; the others run on the base unchanged."""
 
     enabled: bool = False
     harmful: list[str] = field(default_factory=lambda: list(HARMFUL))
@@ -88,13 +90,18 @@ class GateSettings:
     validation_benign: list[str] = field(default_factory=lambda: ["rho_overrefusal", "wsr_benign"])
     wrap: float = num(0.3, ge=0, le=1)
     wrap_benign: bool = True  # wrap benign training prompts too ("adversarial benign"); off: only harmful ones
-    wrap_max_chars: int = num(800, **POSITIVE)  # longer renderings are left out (they cost most to read)
+    wrap_max_chars: int = num(800, **POSITIVE)  # longer training renderings are left out (they cost most to read)
+    # validation keeps long renderings (persona and role-play templates run to thousands of characters): a gate
+    # that pools over the whole prompt can lose the request in them, and only a validation that has them sees it
+    validation_wrap_max_chars: int = num(800, **POSITIVE)
     # a share of the harmful prompts copied into the project's rephrasings (tense, person, register, nested fiction,
-    # role-play, multi-step; train-split templates to fit, validation-split ones to choose)
-    rephrase: float = num(0.5, ge=0, le=1)
-    # "out-of-source": choose layer, pooling and penalty by the error on sources left out of fitting one at a time;
-    # "in-source": by the benign validation prompts flagged (the sources the probe was fitted on)
-    selection: str = field(default="out-of-source", metadata={"choices": lambda: ("out-of-source", "in-source")})
+    # role-play, multi-step; train-split templates to fit, validation-split ones to choose); off by default: measured
+    # with 0.5, the gates it produced flagged more benign-sensitive prompts (README)
+    rephrase: float = num(0.0, ge=0, le=1)
+    # "in-source": choose layer, pooling and penalty by the benign validation prompts flagged (the sources the probe
+    # was fitted on: what the shipped recipe was measured with); "out-of-source": by the error on sources left out
+    # of fitting one at a time. Either way gate.json reports the chosen probe's error in and out of source.
+    selection: str = field(default="in-source", metadata={"choices": lambda: ("in-source", "out-of-source")})
     layers: list[float] = num(factory=lambda: [0.4, 0.55, 0.7, 0.85], gt=0, lt=1)  # fractions of the depth
     poolings: list[str] = field(default_factory=lambda: ["last", "mean"],
                                 metadata={"check_each": lambda v: _choice(v, ("last", "mean"))})

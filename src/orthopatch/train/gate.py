@@ -81,15 +81,15 @@ def _split_records(settings: GateSettings, split: str, seed: int, split_seed: in
     harmful = [pair for n in settings.harmful for pair in drawn(n, False)]
     benign = [pair for n in benign_names for pair in drawn(n, True)]
     direct = [r for _, r in harmful]
+    chars = settings.wrap_max_chars if split == "train" else settings.validation_wrap_max_chars
     copies = [("harmful", r) for r in wrapped_copies(direct, settings.wrap, seed, split, split_seed,
-                                                     settings.wrap_max_chars)] if settings.wrap else []
+                                                     chars)] if settings.wrap else []
     if settings.rephrase:
-        copies += [("harmful", r) for r in wrapped_copies(direct, settings.rephrase, seed, split, split_seed,
-                                                          settings.wrap_max_chars, source="rephrasings")]
+        copies += [("harmful", r) for r in wrapped_copies(direct, settings.rephrase, seed, split, split_seed, chars,
+                                                          source="rephrasings")]
     if settings.wrap and (split != "train" or settings.wrap_benign):
         benign += [("benign", r) for r in wrapped_copies([r for n, r in benign if n in settings.benign],
-                                                         settings.wrap, seed, split, split_seed,
-                                                         settings.wrap_max_chars)]
+                                                         settings.wrap, seed, split, split_seed, chars)]
     return [(source_of(n, r), r) for n, r in harmful + copies], [(source_of(n, r), r) for n, r in benign]
 
 
@@ -168,7 +168,7 @@ def fit_gate(model, tokenizer, settings: GateSettings, data: GateData, progress:
     sources known): the lowest balanced error on sources left out of fitting one at a time, each at the threshold
     that keeps ``settings.recall`` of the other sources' harmful validation prompts (:mod:`gate_selection`);
     otherwise the fewest benign validation prompts flagged at the threshold keeping ``settings.recall`` of the
-    harmful ones. Ties: the highest AUROC."""
+    harmful ones, and the chosen probe's out-of-source error is measured all the same. Ties: the highest AUROC."""
     start = time.perf_counter()
     n_layers = len(decoder_layers(model))
     layers = sorted({min(n_layers - 1, max(1, round(f * n_layers))) for f in settings.layers})
@@ -180,9 +180,17 @@ def fit_gate(model, tokenizer, settings: GateSettings, data: GateData, progress:
     val_all = read([p for group in val_prompts for p in group])
     bounds = torch.tensor([0, *[len(g) for g in val_prompts]]).cumsum(0).tolist()
     y = torch.cat([torch.ones(len(data.train_harmful)), torch.zeros(len(data.train_benign))])
-    loso = settings.selection == "out-of-source" and data.train_sources is not None
+    known = data.train_sources is not None
+    loso = settings.selection == "out-of-source" and known
     y_val = torch.cat([torch.ones(len(data.validation_harmful)), torch.zeros(bounds[-1] - bounds[1])])
     val_sources = (data.validation_harmful_sources or []) + [s for s, g in data.validation_benign.items() for _ in g]
+
+    def out_of_source(gate: Gate, X: torch.Tensor) -> dict[str, Any]:
+        return leave_one_source_out(lambda X_, y_, l2_: fit_probe(X_, y_, l2_, LOSO_STEPS), gate,
+                                    (X, y, data.train_sources), (val_all[gate.layer, gate.pooling], y_val,
+                                                                 val_sources),
+                                    gate.info["l2"], settings.recall, data.train_origins)
+
     candidates = []
     for (layer, pooling), X in train.items():
         val = {name: val_all[layer, pooling][bounds[i]:bounds[i + 1]] for i, name in enumerate(val_names)}
@@ -194,12 +202,12 @@ def fit_gate(model, tokenizer, settings: GateSettings, data: GateData, progress:
             gate.info = {"l2": l2, "validation": report}
             key = (report["false_positive_rate"], -report["auroc"], layer, pooling, l2)
             if loso:
-                gate.info["out_of_source"] = leave_one_source_out(
-                    lambda X_, y_, l2_: fit_probe(X_, y_, l2_, LOSO_STEPS), gate, (X, y, data.train_sources),
-                    (val_all[layer, pooling], y_val, val_sources), l2, settings.recall, data.train_origins)
+                gate.info["out_of_source"] = out_of_source(gate, X)
                 key = (gate.info["out_of_source"]["balanced_error_out_of_source"], *key[1:])
             candidates.append((key, gate))
     best = min(candidates, key=lambda c: c[0])[1]
+    if known and not loso:  # chosen in source; its out-of-source error is still measured and reported
+        best.info["out_of_source"] = out_of_source(best, train[best.layer, best.pooling])
     rule = ("the lowest balanced error (benign prompts flagged, harmful missed) on sources left out of fitting one "
             "at a time" if loso else "fewest benign validation prompts flagged") + \
         f", at the threshold keeping {settings.recall:g} of the harmful validation prompts; then the highest AUROC"

@@ -49,10 +49,11 @@ def leave_one_source_out(fit: Fit, full: Gate, train: tuple[torch.Tensor, torch.
         held = torch.tensor([u == source or o == source for u, o in zip(units, origins, strict=True)])
         entry = {"harmful": harmful, "n_validation": int(rows.sum()), "n_train_held_out": int(held.sum()),
                  "in_source": _error(full, Xv[rows], harmful)}
-        if held.any():
-            keep = ~held
+        keep, others = ~held, (yv > 0) & ~rows
+        if held.any() and not ((y[keep] > 0).any() and (y[keep] == 0).any() and others.any()):
+            entry["out_of_source"] = None  # the only source of its class: nothing to fit or threshold without it
+        elif held.any():
             gate = Gate(full.layer, full.pooling, 0.0, *fit(X[keep], y[keep], l2))
-            others = (yv > 0) & ~rows
             gate.threshold = _threshold(gate.logits(Xv[others]), recall)
             entry["out_of_source"] = _error(gate, Xv[rows], harmful)
         else:  # no training prompt of this kind: the full probe never saw it
@@ -63,7 +64,7 @@ def leave_one_source_out(fit: Fit, full: Gate, train: tuple[torch.Tensor, torch.
 
 def summary(per_source: dict[str, dict[str, Any]]) -> dict[str, Any]:
     def mean(key: str, harmful: bool) -> float | None:
-        values = [e[key] for e in per_source.values() if e["harmful"] is harmful]
+        values = [e[key] for e in per_source.values() if e["harmful"] is harmful and e[key] is not None]
         return round(sum(values) / len(values), 4) if values else None
 
     out = {f"{side}_{key}": mean(key, side == "harmful_miss") for side in ("benign_flagged", "harmful_miss")
@@ -79,8 +80,12 @@ def error_table(report: dict[str, Any]) -> str:
     lines = ["| source | kind | validation prompts | error in source | error out of source |", "|---|---|---|---|---|"]
     for name, e in report["sources"].items():
         kind = "harmful (missed)" if e["harmful"] else "benign (flagged)"
-        lines.append(f"| {name} | {kind} | {e['n_validation']} | {100 * e['in_source']:.1f}% | "
-                     f"{100 * e['out_of_source']:.1f}% |")
-    lines.append(f"| **balanced mean** | | | {100 * report['balanced_error_in_source']:.1f}% | "
-                 f"{100 * report['balanced_error_out_of_source']:.1f}% |")
+        lines.append(f"| {name} | {kind} | {e['n_validation']} | {_pct(e['in_source'])} | "
+                     f"{_pct(e['out_of_source'])} |")
+    lines.append(f"| **balanced mean** | | | {_pct(report['balanced_error_in_source'])} | "
+                 f"{_pct(report['balanced_error_out_of_source'])} |")
     return "\n".join(lines)
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"

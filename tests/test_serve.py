@@ -290,14 +290,14 @@ def test_the_api_key_is_required_when_set(tiny_model):
 
 def test_upstream_mode_against_a_second_server(tiny_model, patches, offline):
     upstream = ServerProcess("--model", str(tiny_model), "--served-model-name", "base", "--ungated",
-                             "--patch", f"gated={patches['gated']}@{DOSE}")
+                             "--patch", f"gated={patches['gated']}@{DOSE}", env={"ORTHOPATCH_API_KEY": "up-key"})
     front = None
     try:
         # the upstream serves the gated patch's LoRA part on every request, as vLLM --lora-modules would
-        assert chat(client(upstream), "gated", PROMPTS[1]).choices[0].message.content.strip() == \
+        assert chat(client(upstream, api_key="up-key"), "gated", PROMPTS[1]).choices[0].message.content.strip() == \
             offline["plain"][1]
         front = ServerProcess("--model", str(tiny_model), "--served-model-name", "base", "--upstream", upstream.url,
-                              "--patch", f"gated={patches['gated']}@{DOSE}")
+                              "--upstream-api-key", "up-key", "--patch", f"gated={patches['gated']}@{DOSE}")
         api = client(front)
         for index, prompt in enumerate(PROMPTS):
             response = chat(api, "gated", prompt)

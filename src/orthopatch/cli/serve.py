@@ -31,6 +31,7 @@ def register(sub) -> None:
                      help="compute the gates here and forward each request to this OpenAI-compatible engine, "
                           "which serves the base and each patch's LoRA part under the patch's name")
     cmd.add_argument("--upstream-base", help="the base's model id at the upstream (default: this server's)")
+    cmd.add_argument("--upstream-api-key", help="the upstream's API key (default: $ORTHOPATCH_UPSTREAM_API_KEY)")
     cmd.add_argument("--device", default="auto")
     cmd.add_argument("--dtype", default="float32")
     cmd.add_argument("--trust-remote-code", action="store_true")
@@ -49,5 +50,6 @@ def run(args: argparse.Namespace, command: str) -> int:
               "max_queue", "default_max_tokens", "upstream", "upstream_base", "device", "dtype",
               "trust_remote_code")
     cfg = make(ServeConfig, **{name: getattr(args, name) for name in fields},
-               api_key=args.api_key or os.environ.get("ORTHOPATCH_API_KEY") or None)
+               api_key=args.api_key or os.environ.get("ORTHOPATCH_API_KEY") or None,
+               upstream_api_key=args.upstream_api_key or os.environ.get("ORTHOPATCH_UPSTREAM_API_KEY") or None)
     return serve(cfg)

@@ -99,7 +99,7 @@ class UpstreamBackend:
         self.models, self.metrics = models, metrics
         self.url = cfg.upstream.rstrip("/")
         self.base = cfg.upstream_base or models.base_id
-        self.headers = {"Authorization": f"Bearer {cfg.api_key}"} if cfg.api_key else {}
+        self.headers = {"Authorization": f"Bearer {cfg.upstream_api_key}"} if cfg.upstream_api_key else {}
         self.timeout, self.limit = cfg.upstream_timeout, cfg.max_batch + cfg.max_queue
         self.in_flight = 0
         self.lock = threading.Lock()  # one gate computation at a time on the partial model

@@ -23,6 +23,7 @@ class ServeConfig(Placement):
     default_max_tokens: int = num(256, ge=1)  # when a request gives no max_tokens
     upstream: str | None = None  # an OpenAI-compatible engine serving the base and the patches' LoRA parts
     upstream_base: str | None = None  # the base's model id at the upstream (default: this server's base id)
+    upstream_api_key: str | None = None  # sent to the upstream as a bearer token (never this server's own key)
     upstream_timeout: float = num(600.0, gt=0)
     trust_remote_code: bool = False
 

@@ -42,6 +42,9 @@ def test_study_chooses_on_validation_before_testing_and_reports_every_family(tin
     assert record["gate_overhead"]["family"] == "gated" and record["gate_overhead"]["ungated_seconds"] > 0
     for name in ("selective.csv", "selective.md", "figures/frontier_test.png", "figures/frontier_validation.png"):
         assert (out / name).is_file()
+    sources = selection["families"]["gated"]["gate_sources"]  # the gate's error with and without each source
+    assert "advbench" in sources["sources"] and sources["balanced_error_out_of_source"] is not None
+    assert "| **balanced mean** |" in (out / "selective.md").read_text()
     calls.clear()
     run_selective(cfg, echo=lambda *_: None)  # a rerun resumes: nothing is evaluated again
     assert calls == []

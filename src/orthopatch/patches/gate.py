@@ -262,13 +262,3 @@ def gate_scores(runtime: GateRuntime, tokenizer, prompts: list[str], batch_size:
 def gates_of(model) -> list[GateRuntime]:
     """The gates attached to a model (none for a plain model or an ungated patch)."""
     return list(getattr(model, "__dict__", {}).get("_orthopatch_gates", []))
-
-
-@torch.no_grad()
-def score_prompts(model, gates: list[Gate], prompt_ids: list[list[int]], pad_id: int) -> list[float]:
-    """Row i's logit under ``gates[i]``, from one forward pass of ``model`` (the plain base, or a PEFT model with
-    its adapters switched off) over the left-padded prompts, stopped after the deepest layer any gate reads."""
-    device = next(model.parameters()).device
-    input_ids, attention = left_pad(prompt_ids, pad_id, device)
-    return score_features(gates, layer_features(model, input_ids, attention, sorted({g.layer for g in gates})),
-                          attention)

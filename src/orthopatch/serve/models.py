@@ -19,8 +19,9 @@ import torch
 
 from orthopatch.errors import UserError
 from orthopatch.models.embedded import EMBEDDED_ALIASES
+from orthopatch.models.generation import left_pad
 from orthopatch.models.loading import fingerprint, load_model, load_tokenizer, resolve_model_path
-from orthopatch.patches.gate import Gate, score_features, score_prompts
+from orthopatch.patches.gate import Gate, layer_features, score_features
 from orthopatch.patches.manifest import verify_patch
 from orthopatch.patches.routing import RowMask
 from orthopatch.patches.stack import attach_patches, parse_patch_spec
@@ -116,16 +117,15 @@ class ModelSet:
         """Per row, before its first token: which patch acts. The gates read the base's hidden states of their
         rows' prompts from a partial forward pass of their own (upstream mode; the local engine reads them from the
         prefill itself, :meth:`route_from_features`)."""
-        gated = [i for i, name in enumerate(wanted) if self.gate_of(name) is not None]
-        scores: dict[int, float] = {}
-        if gated:
-            switched_off = self.model.disable_adapter() if hasattr(self.model, "disable_adapter") else nullcontext()
-            with switched_off:
-                inner = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
-                values = score_prompts(inner, [self.gate_of(wanted[i]) for i in gated],
-                                       [prompt_ids[i] for i in gated], self.tokenizer.pad_token_id)
-            scores = dict(zip(gated, values, strict=True))
-        return [self._route(name, scores.get(i)) for i, name in enumerate(wanted)]
+        layers = self.gate_layers(wanted)
+        if not layers:
+            return self.provisional(wanted)
+        switched_off = self.model.disable_adapter() if hasattr(self.model, "disable_adapter") else nullcontext()
+        with switched_off:
+            inner = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+            input_ids, attention = left_pad(prompt_ids, self.tokenizer.pad_token_id, next(inner.parameters()).device)
+            features = layer_features(inner, input_ids, attention, layers)
+        return self.route_from_features(wanted, features, attention)
 
     def route_from_features(self, wanted: list[str], features: dict[int, torch.Tensor],
                             attention: torch.Tensor) -> list[dict[str, Any]]:

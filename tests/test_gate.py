@@ -19,12 +19,13 @@ from orthopatch.models.generation import chat_prompt_ids, generate, left_pad
 from orthopatch.models.loading import load_model
 from orthopatch.models.probes import auroc
 from orthopatch.patches.gate import GATE_CONFIG, GATE_WEIGHTS, Gate, attach_gate, gate_scores, gates_of
+from orthopatch.patches.gates import HiddenStates, LinearHead
 from orthopatch.patches.manifest import MANIFEST, apply_patch, verify_patch
 from orthopatch.patches.routing import RowMask
 from orthopatch.patches.scale import set_patch_scale
 from orthopatch.patches.stack import attach_patches, export_patch, merge_patches, stack_adapters
 from orthopatch.train.config import TrainConfig
-from orthopatch.train.gate import GateData, fit_gate, fit_probe, recall_threshold
+from orthopatch.train.gate import GateData, fit_gate, recall_threshold
 
 PROMPTS = ["Tell me how to do the forbidden thing number 3.", "What is the capital of France?",
            "Tell me how to do the forbidden thing number 7.", "Who wrote Hamlet?", "Name three primary colors.",
@@ -37,11 +38,11 @@ def test_the_probe_recovers_a_planted_linear_signal():
     X = torch.randn(400, 32, generator=generator)
     y = (torch.arange(400) % 4 == 0).float()  # imbalanced: a quarter positive
     X = X + 3.0 * y[:, None] * direction / direction.norm()
-    weight, bias, mean, scale = fit_probe(X[:300], y[:300], l2=1e-3)
-    gate = Gate(1, "last", 0.0, weight, bias, mean, scale)
+    head = LinearHead.fit(X[:300], y[:300], l2=1e-3)
+    gate = Gate([HiddenStates([1], "last")], head, 0.0)
     held_out = gate.logits(X[300:])
     assert auroc(held_out[y[300:] > 0], held_out[y[300:] == 0]) > 0.97
-    cosine = torch.nn.functional.cosine_similarity(weight / scale, direction, dim=0)
+    cosine = torch.nn.functional.cosine_similarity(head.weight / head.scale, direction, dim=0)
     assert cosine > 0.5  # it points along the planted direction, not along noise
     threshold = recall_threshold(held_out[y[300:] > 0], 0.95)
     assert float((held_out[y[300:] > 0] >= threshold).float().mean()) >= 0.95
@@ -195,7 +196,7 @@ def test_info_diff_and_analyze_take_a_gated_patch(tiny_model, gated_patch, tmp_p
     from orthopatch.recipes.analyze import gate_separation
 
     assert main(["patch", "info", str(gated_patch)]) == 0
-    assert "gate: linear probe on layer" in capsys.readouterr().out
+    assert "gate: linear probe on hidden states of layer" in capsys.readouterr().out
     copy_ = export_patch(gated_patch, tmp_path / "copy")
     assert main(["patch", "diff", str(gated_patch), str(copy_), "--model", str(tiny_model), "--labels", "a", "b"]) == 0
     assert "MSO input 1.0000" in capsys.readouterr().out  # the LoRA part of a patch against its own copy

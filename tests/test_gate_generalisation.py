@@ -14,8 +14,9 @@ from orthopatch.data.splits import get_split
 from orthopatch.data.templates import apply_template
 from orthopatch.data.varied import GENERATORS, REPHRASINGS
 from orthopatch.patches.gate import Gate
+from orthopatch.patches.gates import HiddenStates, LinearHead
 from orthopatch.train.config import CONTRAST, TrainConfig
-from orthopatch.train.gate import fit_probe, gate_data
+from orthopatch.train.gate import gate_data
 from orthopatch.train.gate_selection import error_table, leave_one_source_out
 
 
@@ -82,9 +83,9 @@ def test_leaving_one_source_out_never_fits_on_it():
     def spy(X_, y_, l2):
         seen.append({train_sources[int(i)] for i in X_[:, 0].tolist()})
         kept_rows.append([int(i) for i in X_[:, 0].tolist()])
-        return fit_probe(X_, y_, l2, steps=50)
+        return LinearHead.fit(X_, y_, l2, 50)
 
-    full = Gate(1, "last", 0.0, *fit_probe(X, y, 1e-2))
+    full = Gate([HiddenStates([1], "last")], LinearHead.fit(X, y, 1e-2), 0.0)
     full.threshold = float(full.logits(Xv[:16]).sort().values[0])
     report = leave_one_source_out(spy, full, (X, y, train_sources), (Xv, yv, val_sources), 1e-2, 0.95)
     assert seen == [{"h2", "b1", "b2"}, {"h1", "b1", "b2"}, {"h1", "h2", "b2"}, {"h1", "h2", "b1"}]
@@ -111,8 +112,8 @@ def test_the_only_source_of_its_class_cannot_be_left_out():
     generator = torch.Generator().manual_seed(1)
     X, Xv = torch.randn(40, 4, generator=generator), torch.randn(20, 4, generator=generator)
     y, yv = torch.tensor([1.0] * 20 + [0.0] * 20), torch.tensor([1.0] * 10 + [0.0] * 10)
-    full = Gate(1, "last", 0.0, *fit_probe(X, y, 1e-2))
-    report = leave_one_source_out(lambda X_, y_, l2: fit_probe(X_, y_, l2, steps=20), full,
+    full = Gate([HiddenStates([1], "last")], LinearHead.fit(X, y, 1e-2), 0.0)
+    report = leave_one_source_out(lambda X_, y_, l2: LinearHead.fit(X_, y_, l2, 20), full,
                                   (X, y, ["h"] * 20 + ["b1"] * 10 + ["b2"] * 10),
                                   (Xv, yv, ["h"] * 10 + ["b1"] * 5 + ["b2"] * 5), 1e-2, 0.9)
     assert report["sources"]["h"]["out_of_source"] is None  # no harmful prompt would be left to fit on

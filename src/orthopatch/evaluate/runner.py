@@ -25,7 +25,6 @@ from orthopatch.data.splits import named_split
 from orthopatch.errors import UserError
 from orthopatch.evaluate.attacks import get_family
 from orthopatch.evaluate.config import EvalConfig
-from orthopatch.evaluate.embedding_judge import require_encoder
 from orthopatch.evaluate.judges import Judge, check_judge_name
 from orthopatch.evaluate.judging import get_judge
 from orthopatch.evaluate.lm_eval_bridge import run_lm_eval
@@ -49,6 +48,7 @@ from orthopatch.io import (
     write_json_atomic,
     write_jsonl_atomic,
 )
+from orthopatch.models.encoders import minilm_dir
 from orthopatch.models.generation import chat_prompt_ids
 from orthopatch.models.generation import generate as hf_generate
 from orthopatch.models.loading import load_model_for
@@ -324,7 +324,7 @@ def _gate_decisions(run: _Run, sets: list[PromptSet]) -> None:
             by_group.setdefault(prompt_set.group, []).extend(scores)
         harmful = torch.tensor(by_group.get("harmful", []) + by_group.get("attack", []))
         run.metrics.setdefault("gate", {})[runtime.adapter_name] = {
-            "layer": runtime.gate.layer, "pooling": runtime.gate.pooling, "threshold": runtime.gate.threshold,
+            "describe": runtime.gate.describe(), "layer": runtime.gate.layer, "threshold": runtime.gate.threshold,
             "flagged": flagged, "auroc_harmful_vs_benign": auroc(harmful, torch.tensor(by_group.get("benign", [])))}
 
 
@@ -408,7 +408,7 @@ def check_prerequisites(cfg: EvalConfig) -> None:
         check_judge_name(name)
     prompt_sets(cfg)
     if (cfg.drift and cfg.patch) or "embed-minilm" in (cfg.judge, *cfg.extra_judges):
-        require_encoder()
+        minilm_dir()
     if cfg.lm_eval and importlib.util.find_spec("lm_eval") is None:
         raise UserError("lm-eval tasks need the lm-evaluation-harness: pip install 'orthopatch[lm-eval]'",
                         field="lm_eval")

@@ -1,13 +1,12 @@
-"""The gate of a selective patch: a linear probe on the frozen base's hidden states of a prompt decides, per prompt,
+"""The gate of a selective patch at run time: a probe on what a prompt looks like (the frozen base's hidden states,
+a sentence encoder's embedding, a user's guard classifier: :mod:`orthopatch.patches.gates`) decides, per prompt,
 whether the patch acts. Prompts it passes run on the unmodified base, so their answers are the base's by
 construction; flagged prompts get the patch.
 
-On disk (inside the patch directory, hashed by the manifest like the adapter): ``gate.safetensors`` (the probe's
-weight and the feature standardisation) and ``gate.json`` (layer, pooling, threshold, and how it was fitted).
-
 At run time a gate is two kinds of hook on a PEFT model (:func:`attach_gate`): a pre-hook on the transformers model
 decides, whenever a new sequence starts (no cache yet: a prefill, or any plain forward call), from the base's hidden
-state at ``layer`` (the adapters switched off, the forward stopped right after that layer), and hooks on the
+states at the gate's layers (the adapters switched off, the forward stopped right after the deepest; no pass at all
+for a gate that reads only the prompt's text), and hooks on the
 adapter's ``lora_B`` modules multiply each row's update by its 0/1 decision (a batch with no flagged row skips
 the update altogether). So gated and ungated prompts share one
 batch in ``generate`` and in every metric's forward pass, a gate-off row computes exactly the base's numbers, and
@@ -17,94 +16,25 @@ any number of gated and ungated patches can be attached side by side. PEFT's own
 
 from __future__ import annotations
 
-import math
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
 from orthopatch.errors import UserError
-from orthopatch.io import read_json, write_json_atomic
 from orthopatch.models.generation import chat_prompt_ids, left_pad
+from orthopatch.patches.gates import GATE_CONFIG, GATE_TOKENIZER, GATE_WEIGHTS, Gate, GateInputs, pool
 from orthopatch.patches.routing import RowMask
 
-GATE_WEIGHTS = "gate.safetensors"
-GATE_CONFIG = "gate.json"
-GATE_FORMAT = "orthopatch-gate/1"
-POOLINGS = ("last", "mean")
+__all__ = ["GATE_CONFIG", "GATE_TOKENIZER", "GATE_WEIGHTS", "Gate", "GateInputs", "GateRuntime", "attach_gate",
+           "captured_layers", "decoder_layers", "gate_inputs", "gate_scores", "gate_summary", "gates_of",
+           "layer_features", "pool", "score_features"]
 
 
-@dataclass
-class Gate:
-    layer: int  # hidden state index: the output of decoder layer ``layer - 1`` (1 .. number of layers - 1)
-    pooling: str  # "last": the last attended token; "mean": the mean over attended tokens
-    threshold: float  # on the probe's logit: at or above it the patch acts
-    weight: torch.Tensor  # (hidden,), on standardised features
-    bias: float
-    mean: torch.Tensor  # feature standardisation (hidden,)
-    scale: torch.Tensor
-    info: dict[str, Any] = field(default_factory=dict)  # how it was fitted: data, selection, validation metrics
-
-    def logits(self, features: torch.Tensor) -> torch.Tensor:
-        z = (features.float() - self.mean.to(features.device)) / self.scale.to(features.device)
-        return z @ self.weight.to(features.device) + self.bias
-
-    def save(self, directory: Path) -> None:
-        save_file({"weight": self.weight.contiguous(), "mean": self.mean.contiguous(),
-                   "scale": self.scale.contiguous()}, str(directory / GATE_WEIGHTS), metadata={"format": "pt"})
-        write_json_atomic(directory / GATE_CONFIG, {"format": GATE_FORMAT, "layer": self.layer,
-                                                    "pooling": self.pooling, "threshold": self.threshold,
-                                                    "bias": self.bias, **self.info})
-
-    @classmethod
-    def load(cls, directory: str | Path) -> Gate:
-        """Read and check a gate; anything malformed is a UserError naming the file and field."""
-        directory = Path(directory)
-        config_path, weights_path = directory / GATE_CONFIG, directory / GATE_WEIGHTS
-        if not weights_path.is_file():
-            raise UserError("missing: a gated patch needs its gate files", path=weights_path)
-        config = read_json(config_path, "missing: a gated patch needs its gate files")
-        check_gate_config(config, config_path)
-        try:
-            tensors = load_file(str(weights_path))
-        except (SafetensorError, OSError, ValueError) as error:
-            raise UserError(f"not a readable safetensors file ({type(error).__name__})", path=weights_path) from None
-        for key in ("weight", "mean", "scale"):
-            tensor = tensors.get(key)
-            if tensor is None or tensor.dim() != 1 or not torch.isfinite(tensor).all():
-                raise UserError("must hold a finite vector", path=weights_path, field=key)
-        if not tensors["weight"].shape == tensors["mean"].shape == tensors["scale"].shape or \
-                not bool((tensors["scale"] > 0).all()):
-            raise UserError("weight, mean and scale must have one length and scale must be positive",
-                            path=weights_path, field="scale")
-        info = {k: v for k, v in config.items() if k not in ("format", "layer", "pooling", "threshold", "bias")}
-        return cls(config["layer"], config["pooling"], float(config["threshold"]), tensors["weight"].float(),
-                   float(config["bias"]), tensors["mean"].float(), tensors["scale"].float(), info)
-
-
-def gate_summary(gate: Gate) -> dict[str, Any]:
+def gate_summary(gate: Gate) -> dict:
     """What a manifest says of a gate (the full record, with every candidate, is in gate.json)."""
-    return {"layer": gate.layer, "pooling": gate.pooling, "threshold": gate.threshold, "l2": gate.info.get("l2"),
-            "validation": gate.info.get("validation"), "fitted_on": gate.info.get("fitted_on"),
-            "files": [GATE_CONFIG, GATE_WEIGHTS]}
-
-
-def check_gate_config(config: Any, path: Path) -> None:
-    if not isinstance(config, dict) or config.get("format") != GATE_FORMAT:
-        raise UserError(f"unsupported gate format (expected {GATE_FORMAT})", path=path, field="format")
-    layer = config.get("layer")
-    if not isinstance(layer, int) or isinstance(layer, bool) or layer < 1:
-        raise UserError("must be a layer index >= 1", path=path, field="layer")
-    if config.get("pooling") not in POOLINGS:
-        raise UserError(f"must be one of {', '.join(POOLINGS)}", path=path, field="pooling")
-    for key in ("threshold", "bias"):
-        value = config.get(key)
-        if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
-            raise UserError("must be a finite number", path=path, field=key)
+    files = [GATE_CONFIG, GATE_WEIGHTS] + ([GATE_TOKENIZER] if gate.reader is not None else [])
+    return {**gate.summary(), "describe": gate.describe(), "layer": gate.layer, "l2": gate.info.get("l2"),
+            "validation": gate.info.get("validation"), "fitted_on": gate.info.get("fitted_on"), "files": files}
 
 
 def decoder_layers(model) -> torch.nn.ModuleList:
@@ -118,14 +48,6 @@ def decoder_layers(model) -> torch.nn.ModuleList:
 
 class _Stop(Exception):
     """Raised by a hook right after the deepest layer a probe needs: the rest of the forward pass is not run."""
-
-
-def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
-    if pooling == "mean":
-        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
-    last = attention_mask.shape[1] - 1 - attention_mask.flip(1).long().argmax(1)  # the last attended position
-    return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
 
 
 @contextmanager
@@ -162,10 +84,14 @@ def layer_features(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     return captured
 
 
-def score_features(gates: list[Gate], features: dict[int, torch.Tensor], attention: torch.Tensor) -> list[float]:
-    """Row i's logit under ``gates[i]`` from captured hidden states (rows of ``features`` and ``attention``)."""
-    return [float(gate.logits(pool(features[gate.layer][row:row + 1], attention[row:row + 1], gate.pooling))[0])
-            for row, gate in enumerate(gates)]
+def gate_inputs(model, input_ids: torch.Tensor, attention: torch.Tensor, layers: list[int]) -> GateInputs:
+    """What a gate reads of a batch: the ids and, where it reads any, the base's hidden states (one partial pass)."""
+    return GateInputs(input_ids, attention, layer_features(model, input_ids, attention, layers) if layers else {})
+
+
+def score_features(gates: list[Gate], inputs: GateInputs) -> list[float]:
+    """Row i's logit under ``gates[i]`` from a batch's inputs (hidden states captured for every gate's layers)."""
+    return [float(gate.score(inputs.rows(torch.tensor([row])))[0]) for row, gate in enumerate(gates)]
 
 
 class GateRuntime:
@@ -191,10 +117,10 @@ class GateRuntime:
         self._deciding = True
         try:
             with self.peft_model.disable_adapter():
-                hidden = layer_features(model, input_ids, attention_mask, [self.gate.layer])[self.gate.layer]
+                inputs = gate_inputs(model, input_ids, attention_mask, self.gate.layers)
         finally:
             self._deciding = False
-        return self.gate.logits(pool(hidden, attention_mask, self.gate.pooling))
+        return self.gate.score(inputs).to(input_ids.device)
 
     def _decide(self, module, args, kwargs):
         if self._deciding:

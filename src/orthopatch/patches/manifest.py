@@ -118,6 +118,12 @@ def apply_patch(model, directory: str | Path, base_fingerprint: str, *, allow_ba
     return peft_model, manifest
 
 
+def gate_description(summary: dict[str, Any]) -> str:
+    """What a manifest's gate reads, in words (a manifest written before gate kinds names a layer and pooling)."""
+    return summary.get("describe") or f"linear probe on hidden states of layer {summary.get('layer')} " \
+                                      f"({summary.get('pooling')} pooling)"
+
+
 def describe_patch(path: str | Path, manifest: dict[str, Any]) -> str:
     """What a patch is, for people: base, method, LoRA settings, data, cost, gate, files and their hashes."""
     base, cost, config = manifest.get("base") or {}, manifest.get("cost") or {}, manifest.get("config") or {}
@@ -132,8 +138,8 @@ def describe_patch(path: str | Path, manifest: dict[str, Any]) -> str:
                      f"epochs, seed {manifest.get('seed')}")
     gate = manifest.get("gate")
     if gate:
-        lines.append(f"  gate: linear probe on layer {gate.get('layer')} ({gate.get('pooling')} pooling), threshold "
-                     f"{gate.get('threshold'):.4g}; the patch acts only on prompts the gate flags")
+        lines.append(f"  gate: {gate_description(gate)}, threshold {gate.get('threshold'):.4g}; the patch acts only on prompts the "
+                     "gate flags")
     for entry in manifest.get("stack", []):
         lines.append(f"  stacked: {entry['path']} x {entry['scale']} (adapter {entry['adapter_sha256'][:12]})")
     if cost:

@@ -36,6 +36,7 @@ from orthopatch.patches.manifest import (
     artifact_hashes,
     attach_verified,
     build_manifest,
+    gate_description,
     verify_patch,
 )
 from orthopatch.patches.scale import set_patch_scale
@@ -242,9 +243,9 @@ def export_patch(patch: str | Path, output: str | Path, *, overwrite: bool = Fal
         ("learning rate, epochs, seed", f"{config.get('lr')}, {config.get('epochs')}, {manifest.get('seed')}"),
         ("data", ", ".join(config.get("data") or []) or "-"),
         ("stacked from", ", ".join(f"{s['path']} x {s['scale']}" for s in manifest.get("stack", [])) or "-"),
-        ("gate", "a linear probe on the base's layer-{layer} hidden states ({pooling} pooling) decides per prompt "
-                 "whether the patch acts (gate.json, gate.safetensors); plain PEFT loading ignores it and applies "
-                 "the patch to every prompt".format(**manifest["gate"]) if manifest.get("gate") else "-"),
+        ("gate", f"a {gate_description(manifest['gate'])} decides per prompt whether the patch acts (gate.json, "
+                 "gate.safetensors); plain PEFT loading ignores it and applies the patch to every prompt"
+         if manifest.get("gate") else "-"),
         ("cost", f"{cost.get('tokens_trained')} tokens, {cost.get('wall_seconds')} s, "
                  f"{cost.get('trainable_parameters')} trainable parameters" if cost else "-"),
         ("libraries", ", ".join(f"{k} {v}" for k, v in (manifest.get("libraries") or {}).items()

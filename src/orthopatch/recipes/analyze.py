@@ -146,7 +146,8 @@ def gate_separation(model, tokenizer, benign: list[str], jailbreak: list[str]) -
         return None
     runtime = runtimes[0]
     b, j = (torch.tensor(gate_scores(runtime, tokenizer, prompts)) for prompts in (benign, jailbreak))
-    return {"layer": runtime.gate.layer, "threshold": runtime.gate.threshold, "auroc": auroc(j, b),
+    return {"describe": runtime.gate.describe(), "layer": runtime.gate.layer, "threshold": runtime.gate.threshold,
+            "auroc": auroc(j, b),
             "flagged_benign": float((b >= runtime.gate.threshold).float().mean()) if len(b) else None,
             "flagged_jailbreak": float((j >= runtime.gate.threshold).float().mean()) if len(j) else None}
 

@@ -45,13 +45,15 @@ class Prefill:
     position: torch.Tensor  # (rows, 1): the last prompt position
     logits: torch.Tensor
     features: dict[int, torch.Tensor] = field(default_factory=dict)
+    input_ids: torch.Tensor | None = None  # the prompts, for gates that read their text
 
     def select(self, rows: list[int]) -> Prefill:
         index = torch.tensor(rows, device=self.attention.device)
         self.cache.batch_select_indices(index)
         return Prefill([self.jobs[r] for r in rows], [f[index.cpu()] for f in self.flags], self.cache,
                        self.attention[index], self.position[index], self.logits[index],
-                       {layer: hidden[index] for layer, hidden in self.features.items()})
+                       {layer: hidden[index] for layer, hidden in self.features.items()},
+                       None if self.input_ids is None else self.input_ids[index])
 
 
 class Batch:
@@ -89,7 +91,8 @@ class Batch:
         cache = DynamicCache(config=self.model.config)
         with captured_layers(self.model, list(capture)) if capture else nullcontext({}) as features:
             logits = self._forward(input_ids, attention, position, cache, flags, logits_to_keep=1)
-        return Prefill(list(jobs), list(flags), cache, attention, position[:, -1:], logits, dict(features))
+        return Prefill(list(jobs), list(flags), cache, attention, position[:, -1:], logits, dict(features),
+                       input_ids)
 
     def add(self, rows: Prefill) -> None:
         """Join prefilled rows to the running ones (the shorter cache is left-padded with masked slots)."""

@@ -14,6 +14,7 @@ import logging
 import queue
 import threading
 
+from orthopatch.patches.gate import GateInputs
 from orthopatch.serve.decoding import Batch
 from orthopatch.serve.jobs import Job
 from orthopatch.serve.metrics import Metrics
@@ -98,7 +99,7 @@ class Engine:
         few it flags are prefilled again with the patch on."""
         wanted = [job.model_id for job in jobs]
         first = batch.prefill(jobs, self.models.flags(self.models.provisional(wanted)), self.models.gate_layers(wanted))
-        routes = self.models.route_from_features(wanted, first.features, first.attention)
+        routes = self.models.route_from_features(wanted, GateInputs(first.input_ids, first.attention, first.features))
         for job, route in zip(jobs, routes, strict=True):
             self.metrics.record_route(route)
             job.start(route)

@@ -21,7 +21,7 @@ from orthopatch.errors import UserError
 from orthopatch.models.embedded import EMBEDDED_ALIASES
 from orthopatch.models.generation import left_pad
 from orthopatch.models.loading import fingerprint, load_model, load_tokenizer, resolve_model_path
-from orthopatch.patches.gate import Gate, layer_features, score_features
+from orthopatch.patches.gate import Gate, GateInputs, gate_inputs, score_features
 from orthopatch.patches.manifest import verify_patch
 from orthopatch.patches.routing import RowMask
 from orthopatch.patches.stack import attach_patches, parse_patch_spec
@@ -40,8 +40,7 @@ class ServedPatch:
     rows: RowMask | None  # None in upstream mode (the upstream applies the update)
 
     def card(self, parent: str, ungated: bool) -> dict[str, Any]:
-        gate = None if self.gate is None else {"layer": self.gate.layer, "pooling": self.gate.pooling,
-                                               "threshold": self.gate.threshold}
+        gate = None if self.gate is None else {**self.gate.summary(), "describe": self.gate.describe()}
         return {"id": self.name, "object": "model", "created": 0, "owned_by": "orthopatch", "parent": parent,
                 "root": parent, "orthopatch": {"kind": self.manifest.get("kind"), "path": self.path,
                                                "scale": self.scale, "gate": gate,
@@ -111,32 +110,35 @@ class ModelSet:
 
     def gate_layers(self, wanted: list[str]) -> list[int]:
         """The layers whose hidden states the gates of these rows read."""
-        return sorted({gate.layer for gate in map(self.gate_of, wanted) if gate is not None})
+        return sorted({layer for gate in map(self.gate_of, wanted) if gate is not None for layer in gate.layers})
+
+    def gated(self, wanted: list[str]) -> bool:
+        return any(self.gate_of(name) is not None for name in wanted)
 
     def route(self, wanted: list[str], prompt_ids: list[list[int]]) -> list[dict[str, Any]]:
         """Per row, before its first token: which patch acts. The gates read the base's hidden states of their
         rows' prompts from a partial forward pass of their own (upstream mode; the local engine reads them from the
         prefill itself, :meth:`route_from_features`)."""
-        layers = self.gate_layers(wanted)
-        if not layers:
+        if not self.gated(wanted):
             return self.provisional(wanted)
+        layers = self.gate_layers(wanted)
+        if self.model is None:  # upstream mode with gates that read only text: no layer of the base is loaded
+            input_ids, attention = left_pad(prompt_ids, self.tokenizer.pad_token_id, torch.device("cpu"))
+            return self.route_from_features(wanted, GateInputs(input_ids, attention))
         switched_off = self.model.disable_adapter() if hasattr(self.model, "disable_adapter") else nullcontext()
         with switched_off:
             inner = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
             input_ids, attention = left_pad(prompt_ids, self.tokenizer.pad_token_id, next(inner.parameters()).device)
-            features = layer_features(inner, input_ids, attention, layers)
-        return self.route_from_features(wanted, features, attention)
+            inputs = gate_inputs(inner, input_ids, attention, layers)
+        return self.route_from_features(wanted, inputs)
 
-    def route_from_features(self, wanted: list[str], features: dict[int, torch.Tensor],
-                            attention: torch.Tensor) -> list[dict[str, Any]]:
+    def route_from_features(self, wanted: list[str], inputs: GateInputs) -> list[dict[str, Any]]:
         """The same decisions from hidden states captured in a forward pass in which the gated rows ran on the
         base (their patches held off until decided)."""
         gated = [i for i, name in enumerate(wanted) if self.gate_of(name) is not None]
         scores: dict[int, float] = {}
         if gated:
-            rows = torch.tensor(gated, device=attention.device)
-            values = score_features([self.gate_of(wanted[i]) for i in gated],
-                                    {layer: hidden[rows] for layer, hidden in features.items()}, attention[rows])
+            values = score_features([self.gate_of(wanted[i]) for i in gated], inputs.rows(torch.tensor(gated)))
             scores = dict(zip(gated, values, strict=True))
         return [self._route(name, scores.get(i)) for i, name in enumerate(wanted)]
 
@@ -191,7 +193,7 @@ def load_gates_only(cfg: ServeConfig) -> ModelSet:
     manifests = [verify_patch(p, base_fingerprint) for _, p, _ in specs]
     gates = [Gate.load(p) if m.get("kind") == "gated-lora" else None for (_, p, _), m in zip(specs, manifests,
                                                                                             strict=True)]
-    depth = max((g.layer for g in gates if g is not None), default=0)
+    depth = max((g.layer for g in gates if g is not None), default=0)  # 0: the gates read only text
     model = None
     if depth:
         model = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device, trust_remote_code=cfg.trust_remote_code,

@@ -76,13 +76,14 @@ class RetainSettings:
 
 @dataclass
 class GateSettings:
-    """A selective patch's gate (off unless ``enabled``): a class-balanced, L2-regularised logistic probe on the
-    frozen base's hidden states of each prompt, fitted after training on ``harmful`` against ``benign`` prompts (train
-    splits, plus copies of a ``wrap`` share of each wrapped in train-split jailbreak templates and of a ``rephrase``
-    share of the harmful ones in the project's rephrasing templates). Its layer, pooling and penalty are chosen on the
-    same sets' validation splits plus ``validation_benign`` (validation splits of the over-refusal sets), in source or
-    by leaving one source out at a time (``selection``), and its threshold is the highest that flags ``recall`` of the harmful
-    validation prompts. The patch then acts only on flagged prompts; the others run on the base unchanged."""
+    """A selective patch's gate (off unless ``enabled``): a class-balanced, L2-regularised probe (``heads``) on
+    features of each prompt (``features``: by default the frozen base's hidden states), fitted after training on
+    ``harmful`` against ``benign`` prompts (train splits, plus copies of a ``wrap`` share of each wrapped in
+    train-split jailbreak templates and of a ``rephrase`` share of the harmful ones in the project's rephrasing
+    templates). Its features, layer, pooling, head and penalty are chosen on the same sets' validation splits plus
+    ``validation_benign`` (validation splits of the over-refusal sets), in source or by leaving one source out at a
+    time (``selection``), and its threshold is the highest that flags ``recall`` of the harmful validation prompts.
+    The patch then acts only on flagged prompts; the others run on the base unchanged."""
 
     enabled: bool = False
     harmful: list[str] = field(default_factory=lambda: list(HARMFUL))
@@ -102,6 +103,13 @@ class GateSettings:
     # was fitted on: what the shipped recipe was measured with); "out-of-source": by the error on sources left out
     # of fitting one at a time. Either way gate.json reports the chosen probe's error in and out of source.
     selection: str = field(default="in-source", metadata={"choices": lambda: ("in-source", "out-of-source")})
+    # what the gate may read, each candidate tried: "hidden" (the base's hidden states, one candidate layer at a
+    # time), "hidden:all" (all candidate layers together), "encoder" (all-MiniLM-L6-v2 sentence embeddings of the
+    # prompt's text; "encoder:DIR" another encoder), "hf-classifier:DIR" (a user's guard model), or kinds joined
+    # by "+" (features concatenated, e.g. "hidden+encoder")
+    features: list[str] = field(default_factory=lambda: ["hidden"])
+    heads: list[str] = field(default_factory=lambda: ["linear"],
+                             metadata={"check_each": lambda v: _choice(v, ("linear", "mlp"))})
     layers: list[float] = num(factory=lambda: [0.4, 0.55, 0.7, 0.85], gt=0, lt=1)  # fractions of the depth
     poolings: list[str] = field(default_factory=lambda: ["last", "mean"],
                                 metadata={"check_each": lambda v: _choice(v, ("last", "mean"))})

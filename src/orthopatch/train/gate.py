@@ -1,15 +1,18 @@
-"""Fitting a selective patch's gate (:mod:`orthopatch.patches.gate`): a linear probe on the frozen base's hidden
-states of harmful against benign prompts, chosen (by leaving one source out at a time) and thresholded on
-validation splits only.
+"""Fitting a selective patch's gate (:mod:`orthopatch.patches.gates`): a probe on features of harmful against
+benign prompts (the frozen base's hidden states, a sentence encoder, a user's guard classifier, or several together;
+a linear or MLP head), chosen (in source, or by leaving one source out at a time) and thresholded on validation
+splits only.
 
-The probe is a class-balanced, L2-regularised logistic regression solved with torch's L-BFGS on standardised features
-(a few thousand rows of a few thousand features: no new dependency, deterministic on the CPU). The features of every
-candidate layer come from one forward pass per batch that stops after the deepest candidate.
+Heads are fitted with torch's L-BFGS on standardised features (a few thousand rows of a few thousand features: no
+new dependency, deterministic on the CPU). The hidden states of every candidate layer come from one forward pass per
+batch that stops after the deepest candidate; text features read the same batches.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import json
 import sys
 import time
 from dataclasses import dataclass
@@ -22,9 +25,11 @@ from orthopatch.data.assemble import benign_prompts, training_records, wrapped_c
 from orthopatch.data.registry import records_hash
 from orthopatch.data.schema import Record
 from orthopatch.data.splits import named_split
+from orthopatch.errors import UserError
 from orthopatch.models.generation import chat_prompt_ids, left_pad
-from orthopatch.models.probes import auroc, fit_logistic
-from orthopatch.patches.gate import Gate, decoder_layers, layer_features, pool
+from orthopatch.models.probes import auroc
+from orthopatch.patches.gate import decoder_layers, gate_inputs
+from orthopatch.patches.gates import FEATURES, HEADS, Feature, Gate, PromptReader
 from orthopatch.train.config import GateSettings
 from orthopatch.train.gate_selection import leave_one_source_out
 
@@ -116,32 +121,46 @@ def gate_data(settings: GateSettings, seed: int, split_seed: int) -> GateData:
 
 
 @torch.no_grad()
-def prompt_features(model, tokenizer, prompts: list[str], layers: list[int], poolings: list[str], batch_size: int,
-                    progress: bool = False) -> dict[tuple[int, str], torch.Tensor]:
-    """Pooled hidden states of chat-formatted prompts, for every (layer, pooling): (n, hidden) each."""
+def prompt_features(model, tokenizer, reader: PromptReader | None, prompts: list[str], features: list[Feature],
+                    batch_size: int, progress: bool = False) -> dict[str, torch.Tensor]:
+    """Each feature's values for chat-formatted prompts, (n, dims) keyed by :func:`feature_key`, read batch by batch
+    exactly as a gate reads them at run time (the hidden states of every layer from one partial pass)."""
     ids = chat_prompt_ids(tokenizer, prompts)
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     device = next(model.parameters()).device
-    out: dict[tuple[int, str], torch.Tensor] = {}
+    layers = sorted({layer for feature in features for layer in feature.layers})
+    out: dict[str, torch.Tensor] = {}
     for start in tqdm(range(0, len(order), batch_size), desc="gate features", disable=not progress,
                       file=sys.stderr):
         chunk = order[start:start + batch_size]
         input_ids, attention = left_pad([ids[i] for i in chunk], tokenizer.pad_token_id, device)
-        hidden = layer_features(model, input_ids, attention, layers)
-        for layer in layers:
-            for pooling in poolings:
-                pooled = pool(hidden[layer], attention, pooling).cpu()
-                target = out.setdefault((layer, pooling), torch.zeros(len(ids), pooled.shape[1]))
-                target[chunk] = pooled
+        inputs = gate_inputs(model, input_ids, attention, layers)
+        if reader is not None:
+            inputs.texts = reader.texts(input_ids, attention)
+        for feature in features:
+            values = feature.extract(inputs).float().cpu()
+            target = out.setdefault(feature_key(feature), torch.zeros(len(ids), values.shape[1]))
+            target[chunk] = values
     return out
 
 
-def fit_probe(X: torch.Tensor, y: torch.Tensor, l2: float, steps: int = 300) -> tuple[torch.Tensor, float,
-                                                                                      torch.Tensor, torch.Tensor]:
-    """Class-balanced L2 logistic regression on standardised ``X``; returns (weight, bias, mean, scale)."""
-    mean, scale = X.mean(0), X.std(0).clamp(min=1e-6)
-    weight, bias = fit_logistic((X - mean) / scale, y, l2, steps=steps, balanced=True)
-    return weight.float(), bias, mean.float(), scale.float()
+def feature_key(feature: Feature) -> str:
+    return json.dumps(feature.config(), sort_keys=True)
+
+
+def candidate_features(settings: GateSettings, layers: list[int]) -> list[tuple[Feature, ...]]:
+    """Every feature combination ``settings.features`` names: ``kind`` or ``kind:argument``, joined by ``+``."""
+    combos: list[tuple[Feature, ...]] = []
+    for spec in settings.features:
+        parts = []
+        for part in spec.split("+"):
+            kind, _, argument = part.partition(":")
+            if kind not in FEATURES:
+                raise UserError(f"unknown gate feature kind {kind!r}; choose from {', '.join(FEATURES)}",
+                                field="gate.features")
+            parts.append(FEATURES[kind].candidates(argument or None, layers, settings.poolings))
+        combos += list(itertools.product(*parts))
+    return combos
 
 
 def recall_threshold(positive: torch.Tensor, recall: float) -> float:
@@ -163,60 +182,89 @@ def evaluate_probe(gate: Gate, features: dict[str, torch.Tensor], harmful: str) 
 LOSO_STEPS = 100  # L-BFGS steps of each leave-one-source-out refit (standardised features converge fast)
 
 
+@dataclass
+class _Matrices:
+    """The fitting and validation rows of a gate fit: labels, sources, and every feature's values."""
+
+    y: torch.Tensor
+    y_val: torch.Tensor
+    val_sources: list[str]
+    bounds: list[int]  # validation rows: harmful, then each benign source
+    train: dict[str, torch.Tensor]
+    validation: dict[str, torch.Tensor]
+
+    def of(self, features: tuple[Feature, ...], split: str) -> torch.Tensor:
+        values = self.train if split == "train" else self.validation
+        return torch.cat([values[feature_key(f)] for f in features], dim=1)
+
+
+def _matrices(model, tokenizer, reader, settings: GateSettings, data: GateData, features: list[Feature],
+              progress: bool) -> _Matrices:
+    read = lambda prompts: prompt_features(model, tokenizer, reader, prompts, features,  # noqa: E731
+                                           settings.batch_size, progress)
+    val_prompts = [data.validation_harmful, *data.validation_benign.values()]
+    bounds = torch.tensor([0, *[len(g) for g in val_prompts]]).cumsum(0).tolist()
+    y = torch.cat([torch.ones(len(data.train_harmful)), torch.zeros(len(data.train_benign))])
+    y_val = torch.cat([torch.ones(len(data.validation_harmful)), torch.zeros(bounds[-1] - bounds[1])])
+    val_sources = (data.validation_harmful_sources or []) + [s for s, g in data.validation_benign.items() for _ in g]
+    return _Matrices(y, y_val, val_sources, bounds, read(data.train_harmful + data.train_benign),
+                     read([p for group in val_prompts for p in group]))
+
+
 def fit_gate(model, tokenizer, settings: GateSettings, data: GateData, progress: bool = False) -> Gate:
-    """Fit every candidate probe on the train prompts and choose one. With ``selection="out-of-source"`` (and
-    sources known): the lowest balanced error on sources left out of fitting one at a time, each at the threshold
-    that keeps ``settings.recall`` of the other sources' harmful validation prompts (:mod:`gate_selection`);
-    otherwise the fewest benign validation prompts flagged at the threshold keeping ``settings.recall`` of the
-    harmful ones, and the chosen probe's out-of-source error is measured all the same. Ties: the highest AUROC."""
+    """Fit every candidate probe (feature combination x head x penalty) on the train prompts and choose one. With
+    ``selection="out-of-source"`` (and sources known): the lowest balanced error on sources left out of fitting one
+    at a time, each at the threshold that keeps ``settings.recall`` of the other sources' harmful validation
+    prompts (:mod:`gate_selection`); otherwise the fewest benign validation prompts flagged at the threshold keeping
+    ``settings.recall`` of the harmful ones, and the chosen probe's out-of-source error is measured all the same.
+    Ties: the highest AUROC, then the earlier candidate."""
     start = time.perf_counter()
     n_layers = len(decoder_layers(model))
     layers = sorted({min(n_layers - 1, max(1, round(f * n_layers))) for f in settings.layers})
-    read = lambda prompts: prompt_features(model, tokenizer, prompts, layers, settings.poolings,  # noqa: E731
-                                           settings.batch_size, progress)
-    train = read(data.train_harmful + data.train_benign)
-    val_names = ["harmful", *data.validation_benign]
-    val_prompts = [data.validation_harmful, *data.validation_benign.values()]
-    val_all = read([p for group in val_prompts for p in group])
-    bounds = torch.tensor([0, *[len(g) for g in val_prompts]]).cumsum(0).tolist()
-    y = torch.cat([torch.ones(len(data.train_harmful)), torch.zeros(len(data.train_benign))])
+    combos = candidate_features(settings, layers)
+    distinct = list({feature_key(f): f for combo in combos for f in combo}.values())
+    reader = PromptReader.of(tokenizer) if any(f.reads_text for f in distinct) else None
+    m = _matrices(model, tokenizer, reader, settings, data, distinct, progress)
     known = data.train_sources is not None
     loso = settings.selection == "out-of-source" and known
-    y_val = torch.cat([torch.ones(len(data.validation_harmful)), torch.zeros(bounds[-1] - bounds[1])])
-    val_sources = (data.validation_harmful_sources or []) + [s for s, g in data.validation_benign.items() for _ in g]
+    val_names = ["harmful", *data.validation_benign]
 
-    def out_of_source(gate: Gate, X: torch.Tensor) -> dict[str, Any]:
-        return leave_one_source_out(lambda X_, y_, l2_: fit_probe(X_, y_, l2_, LOSO_STEPS), gate,
-                                    (X, y, data.train_sources), (val_all[gate.layer, gate.pooling], y_val,
-                                                                 val_sources),
+    def out_of_source(gate: Gate, features: tuple[Feature, ...]) -> dict[str, Any]:
+        head = HEADS[gate.head.kind]
+        return leave_one_source_out(lambda X_, y_, l2_: head.fit(X_, y_, l2_, LOSO_STEPS), gate,
+                                    (m.of(features, "train"), m.y, data.train_sources),
+                                    (m.of(features, "validation"), m.y_val, m.val_sources),
                                     gate.info["l2"], settings.recall, data.train_origins)
 
     candidates = []
-    for (layer, pooling), X in train.items():
-        val = {name: val_all[layer, pooling][bounds[i]:bounds[i + 1]] for i, name in enumerate(val_names)}
-        for l2 in settings.l2:
-            weight, bias, mean, scale = fit_probe(X, y, l2)
-            gate = Gate(layer, pooling, 0.0, weight, bias, mean, scale)
+    for index, features in enumerate(combos):
+        X, X_val = m.of(features, "train"), m.of(features, "validation")
+        val = {name: X_val[m.bounds[i]:m.bounds[i + 1]] for i, name in enumerate(val_names)}
+        for head_kind, l2 in itertools.product(settings.heads, settings.l2):
+            gate = Gate(list(features), HEADS[head_kind].fit(X, m.y, l2), 0.0, {}, reader)
             gate.threshold = recall_threshold(gate.logits(val["harmful"]), settings.recall)
             report = evaluate_probe(gate, val, "harmful")
             gate.info = {"l2": l2, "validation": report}
-            key = (report["false_positive_rate"], -report["auroc"], layer, pooling, l2)
+            key = (report["false_positive_rate"], -report["auroc"], index, settings.heads.index(head_kind), l2)
             if loso:
-                gate.info["out_of_source"] = out_of_source(gate, X)
+                gate.info["out_of_source"] = out_of_source(gate, features)
                 key = (gate.info["out_of_source"]["balanced_error_out_of_source"], *key[1:])
-            candidates.append((key, gate))
-    best = min(candidates, key=lambda c: c[0])[1]
+            candidates.append((key, gate, features))
+    _, best, best_features = min(candidates, key=lambda c: c[0])
     if known and not loso:  # chosen in source; its out-of-source error is still measured and reported
-        best.info["out_of_source"] = out_of_source(best, train[best.layer, best.pooling])
+        best.info["out_of_source"] = out_of_source(best, best_features)
+    best.info = {**best.info, "fitted_on": data.provenance, "selection": _selection(settings, loso, candidates),
+                 "fit_seconds": round(time.perf_counter() - start, 1)}
+    return best
+
+
+def _selection(settings: GateSettings, loso: bool, candidates: list) -> dict[str, Any]:
     rule = ("the lowest balanced error (benign prompts flagged, harmful missed) on sources left out of fitting one "
             "at a time" if loso else "fewest benign validation prompts flagged") + \
         f", at the threshold keeping {settings.recall:g} of the harmful validation prompts; then the highest AUROC"
-    best.info = {**best.info, "fitted_on": data.provenance, "selection": {
-        "rule": rule, "mode": "out-of-source" if loso else "in-source",
-        "candidates": [{"layer": g.layer, "pooling": g.pooling, "l2": g.info["l2"],
-                        "false_positive_rate": g.info["validation"]["false_positive_rate"],
-                        "auroc": g.info["validation"]["auroc"],
-                        **({k: v for k, v in g.info["out_of_source"].items() if k != "sources"} if loso else {})}
-                       for _, g in candidates]},
-        "fit_seconds": round(time.perf_counter() - start, 1)}
-    return best
+    return {"rule": rule, "mode": "out-of-source" if loso else "in-source",
+            "candidates": [{"features": g.describe(), "layer": g.layer, "head": g.head.kind, "l2": g.info["l2"],
+                            "false_positive_rate": g.info["validation"]["false_positive_rate"],
+                            "auroc": g.info["validation"]["auroc"],
+                            **({k: v for k, v in g.info["out_of_source"].items() if k != "sources"} if loso else {})}
+                           for _, g, _ in candidates]}

@@ -19,7 +19,7 @@ import torch
 
 from orthopatch.patches.gate import Gate
 
-Fit = Any  # (X, y, l2) -> (weight, bias, mean, scale)
+Fit = Any  # (X, y, l2) -> a fitted head
 
 
 def _threshold(scores: torch.Tensor, recall: float) -> float:
@@ -53,7 +53,7 @@ def leave_one_source_out(fit: Fit, full: Gate, train: tuple[torch.Tensor, torch.
         if held.any() and not ((y[keep] > 0).any() and (y[keep] == 0).any() and others.any()):
             entry["out_of_source"] = None  # the only source of its class: nothing to fit or threshold without it
         elif held.any():
-            gate = Gate(full.layer, full.pooling, 0.0, *fit(X[keep], y[keep], l2))
+            gate = full.with_head(fit(X[keep], y[keep], l2))
             gate.threshold = _threshold(gate.logits(Xv[others]), recall)
             entry["out_of_source"] = _error(gate, Xv[rows], harmful)
         else:  # no training prompt of this kind: the full probe never saw it

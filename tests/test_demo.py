@@ -1,5 +1,5 @@
-"""The demo on a tiny model (smoke-sized): base, naive and selective side by side, three benign answers, the
-frontier of each recipe, a self-contained report.html that opens in headless Chromium."""
+"""The demo on a tiny model (smoke-sized): base, naive and selective side by side, a benign answer from each benign
+set, the frontier of each recipe, a self-contained report.html that opens in headless Chromium."""
 
 import json
 
@@ -14,7 +14,7 @@ def test_quick_demo_runs_base_naive_and_selective_and_writes_its_report(tiny_mod
     printed = capsys.readouterr().out
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["outputs"]) == {"base", "naive", "selective"}
-    assert printed.count("benign prompt (") == 3 and f"report: {out / 'report.html'}" in printed
+    assert printed.count("benign prompt (") == 4 and f"report: {out / 'report.html'}" in printed
     manifests = {p.split("/")[-1]: json.loads((out / p.split("/")[-1] / "orthopatch.json").read_text())
                  for p in summary["patches"]}
     assert manifests["naive"]["kind"] == "lora" and manifests["selective"]["kind"] == "gated-lora"

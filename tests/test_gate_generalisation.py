@@ -16,8 +16,8 @@ from orthopatch.data.varied import GENERATORS, REPHRASINGS
 from orthopatch.patches.gate import Gate
 from orthopatch.patches.gates import HiddenStates, LinearHead
 from orthopatch.train.config import CONTRAST, TrainConfig
-from orthopatch.train.gate import gate_data
-from orthopatch.train.gate_selection import error_table, leave_one_source_out
+from orthopatch.train.gate import gate_data, one_standard_error
+from orthopatch.train.gate_selection import error_table, leave_one_source_out, summary
 
 
 def test_varied_benign_prompts_are_split_by_generator_and_cover_every_category():
@@ -119,3 +119,26 @@ def test_the_only_source_of_its_class_cannot_be_left_out():
     assert report["sources"]["h"]["out_of_source"] is None  # no harmful prompt would be left to fit on
     assert report["sources"]["b1"]["out_of_source"] is not None and report["harmful_miss_out_of_source"] is None
     assert "| h | harmful (missed) | 10 |" in error_table(report)
+
+
+def test_out_of_source_selection_prefers_the_lower_in_source_error_within_one_standard_error():
+    def candidate(index: int, oos: float, in_source: float, se: float = 0.05):
+        gate = Gate([HiddenStates([1], "last")], LinearHead.fit(torch.eye(2), torch.tensor([1.0, 0.0]), 1.0), 0.0)
+        gate.info = {"out_of_source": {"balanced_error_out_of_source": oos, "balanced_error_in_source": in_source,
+                                       "standard_error_out_of_source": se}}
+        return ((0.0, -1.0, index, 0, 1e-3), gate, ())
+
+    pool = [candidate(0, 0.40, 0.30), candidate(1, 0.44, 0.10), candidate(2, 0.60, 0.00)]
+    assert one_standard_error(pool)[0][2] == 1  # within 0.05 of the best out of source, and better in source
+    assert one_standard_error([candidate(0, 0.40, 0.30, se=0.0), pool[1]])[0][2] == 0
+
+
+def test_the_standard_error_of_the_out_of_source_mean_is_over_sources():
+    per_source = {"h1": {"harmful": True, "in_source": 0.0, "out_of_source": 0.2},
+                  "h2": {"harmful": True, "in_source": 0.0, "out_of_source": 0.4},
+                  "b1": {"harmful": False, "in_source": 0.1, "out_of_source": 0.1},
+                  "b2": {"harmful": False, "in_source": 0.1, "out_of_source": 0.3}}
+    out = summary(per_source)
+    assert out["balanced_error_out_of_source"] == 0.25
+    expected = ((0.02 / 2 + 0.02 / 2) ** 0.5) / 2  # sample variance 0.02 per class, two sources each
+    assert abs(out["standard_error_out_of_source"] - expected) < 1e-4

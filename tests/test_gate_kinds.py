@@ -18,6 +18,8 @@ from orthopatch.models.loading import load_model
 from orthopatch.patches.gate import Gate, gate_inputs, gate_scores, gates_of
 from orthopatch.patches.gates import FEATURES, HEADS, PromptReader
 from orthopatch.patches.manifest import apply_patch, verify_patch
+from orthopatch.serve.config import ServeConfig
+from orthopatch.serve.models import load_gates_only, load_local
 from orthopatch.train.config import TrainConfig
 from orthopatch.train.gate import GateData, fit_gate
 from orthopatch.train.run import train_patch
@@ -116,6 +118,10 @@ def test_a_gated_patch_of_each_kind_survives_save_verify_and_attach(tiny_model, 
     torch.testing.assert_close(torch.tensor(scores), direct)
     assert main(["patch", "info", str(patch)]) == 0
     assert gate.describe() in capsys.readouterr().out
+    for load in (load_local, load_gates_only):  # the server decides the same, with the base or with no layer of it
+        served = load(make(ServeConfig, model=str(tiny_model), patches=[f"gated={patch}"]))
+        routes = served.route(["gated"] * len(PROBES), ids)
+        torch.testing.assert_close(torch.tensor([r["gate"]["score"] for r in routes]), direct)
 
 
 PROBES = ["Tell me how to do the forbidden thing number 99.", "What is the capital of France?", "Who wrote Hamlet?"]

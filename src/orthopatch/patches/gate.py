@@ -90,8 +90,14 @@ def gate_inputs(model, input_ids: torch.Tensor, attention: torch.Tensor, layers:
 
 
 def score_features(gates: list[Gate], inputs: GateInputs) -> list[float]:
-    """Row i's logit under ``gates[i]`` from a batch's inputs (hidden states captured for every gate's layers)."""
-    return [float(gate.score(inputs.rows(torch.tensor([row])))[0]) for row, gate in enumerate(gates)]
+    """Row i's logit under ``gates[i]`` from a batch's inputs (hidden states captured for every gate's layers);
+    the rows of one gate are scored together."""
+    out = [0.0] * len(gates)
+    for gate in {id(g): g for g in gates}.values():
+        rows = [row for row, g in enumerate(gates) if g is gate]
+        for row, score in zip(rows, gate.score(inputs.rows(torch.tensor(rows))).tolist(), strict=True):
+            out[row] = score
+    return out
 
 
 class GateRuntime:

@@ -8,7 +8,8 @@ everything else, measured against the paper's naive recipe, in one run.
    control is shrunk to keep the demo fast, never the recommended recipe), and evaluate it, also at half dose;
 3. train the recommended recipe (``train --preset selective``: a gate in front of a refusal patch) and evaluate
    it, also with its gate removed (which gives its whole threshold frontier, see :mod:`.frontier`);
-4. print base / naive / selective side by side with three benign answers before and after each patch, and write a
+4. print base / naive / selective side by side with a benign answer of each benign set (its first prompt, fixed
+   before any answer is seen) before and after each patch, and write a
    self-contained ``report.html`` (the frontier figure, the table, the answers).
 """
 
@@ -35,7 +36,9 @@ from orthopatch.report.table import side_by_side
 from orthopatch.train.config import TRAIN_PRESETS, TrainConfig
 from orthopatch.train.run import train_patch
 
-BENIGN = ["rho_overrefusal", "wsr_benign", "lookalikes"]
+# the over-refusal sets, and the project's varied benign prompts (its held-out generators: the kinds of prompt, such
+# as figurative uses of violent words or fiction and games, on which a gate that reacts to words refuses)
+BENIGN = ["rho_overrefusal", "wsr_benign", "lookalikes", "varied_benign"]
 QUICK = {"n_harmful": 6, "n_attack": 2, "n_sensitive": 2, "n_benign": 3, "n_trivia": 4, "n_perplexity": 4,
          "max_new_tokens": 8, "control_examples": 8}
 

@@ -213,11 +213,12 @@ def _matrices(model, tokenizer, reader, settings: GateSettings, data: GateData, 
 
 def fit_gate(model, tokenizer, settings: GateSettings, data: GateData, progress: bool = False) -> Gate:
     """Fit every candidate probe (feature combination x head x penalty) on the train prompts and choose one. With
-    ``selection="out-of-source"`` (and sources known): the lowest balanced error on sources left out of fitting one
-    at a time, each at the threshold that keeps ``settings.recall`` of the other sources' harmful validation
+    ``selection="out-of-source"`` (and sources known): a low balanced error on sources left out of fitting one at a
+    time, each at the threshold that keeps ``settings.recall`` of the other sources' harmful validation
     prompts (:mod:`gate_selection`); otherwise the fewest benign validation prompts flagged at the threshold keeping
     ``settings.recall`` of the harmful ones, and the chosen probe's out-of-source error is measured all the same.
-    Ties: the highest AUROC, then the earlier candidate."""
+    Ties: the highest AUROC, then the earlier candidate. Out of source, the one-standard-error rule: see
+    :func:`one_standard_error`."""
     start = time.perf_counter()
     n_layers = len(decoder_layers(model))
     layers = sorted({min(n_layers - 1, max(1, round(f * n_layers))) for f in settings.layers})
@@ -248,9 +249,8 @@ def fit_gate(model, tokenizer, settings: GateSettings, data: GateData, progress:
             key = (report["false_positive_rate"], -report["auroc"], index, settings.heads.index(head_kind), l2)
             if loso:
                 gate.info["out_of_source"] = out_of_source(gate, features)
-                key = (gate.info["out_of_source"]["balanced_error_out_of_source"], *key[1:])
             candidates.append((key, gate, features))
-    _, best, best_features = min(candidates, key=lambda c: c[0])
+    _, best, best_features = one_standard_error(candidates) if loso else min(candidates, key=lambda c: c[0])
     if known and not loso:  # chosen in source; its out-of-source error is still measured and reported
         best.info["out_of_source"] = out_of_source(best, best_features)
     best.info = {**best.info, "fitted_on": data.provenance, "selection": _selection(settings, loso, candidates),
@@ -258,9 +258,22 @@ def fit_gate(model, tokenizer, settings: GateSettings, data: GateData, progress:
     return best
 
 
+def one_standard_error(candidates: list) -> tuple:
+    """Out-of-source selection: of the candidates whose balanced error on held-out sources is within one standard
+    error (over sources) of the lowest, the one with the lowest error in source (then the highest AUROC). With a
+    dozen sources the held-out errors of most candidates differ by less than their noise; the rule keeps what
+    generalises as well as the best and errs least on what it was fitted on."""
+    oos = lambda c: c[1].info["out_of_source"]  # noqa: E731
+    lowest = min(candidates, key=lambda c: (oos(c)["balanced_error_out_of_source"], c[0]))
+    bound = oos(lowest)["balanced_error_out_of_source"] + (oos(lowest)["standard_error_out_of_source"] or 0.0)
+    eligible = [c for c in candidates if oos(c)["balanced_error_out_of_source"] <= bound + 1e-9]
+    return min(eligible, key=lambda c: (oos(c)["balanced_error_in_source"], *c[0][1:]))
+
+
 def _selection(settings: GateSettings, loso: bool, candidates: list) -> dict[str, Any]:
-    rule = ("the lowest balanced error (benign prompts flagged, harmful missed) on sources left out of fitting one "
-            "at a time" if loso else "fewest benign validation prompts flagged") + \
+    rule = ("of the candidates within one standard error of the lowest balanced error (benign prompts flagged, "
+            "harmful missed) on sources left out of fitting one at a time, the lowest balanced error in source"
+            if loso else "fewest benign validation prompts flagged") + \
         f", at the threshold keeping {settings.recall:g} of the harmful validation prompts; then the highest AUROC"
     return {"rule": rule, "mode": "out-of-source" if loso else "in-source",
             "candidates": [{"features": g.describe(), "layer": g.layer, "head": g.head.kind, "l2": g.info["l2"],

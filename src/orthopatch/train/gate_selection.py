@@ -63,15 +63,23 @@ def leave_one_source_out(fit: Fit, full: Gate, train: tuple[torch.Tensor, torch.
 
 
 def summary(per_source: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Mean errors per class, in and out of source, their balanced means, and the standard error of the balanced
+    out-of-source mean (over sources: with a dozen sources it is wide, and selection has to know it)."""
+    def values(key: str, harmful: bool) -> list[float]:
+        return [e[key] for e in per_source.values() if e["harmful"] is harmful and e[key] is not None]
+
     def mean(key: str, harmful: bool) -> float | None:
-        values = [e[key] for e in per_source.values() if e["harmful"] is harmful and e[key] is not None]
-        return round(sum(values) / len(values), 4) if values else None
+        found = values(key, harmful)
+        return round(sum(found) / len(found), 4) if found else None
 
     out = {f"{side}_{key}": mean(key, side == "harmful_miss") for side in ("benign_flagged", "harmful_miss")
            for key in ("in_source", "out_of_source")}
     for key in ("in_source", "out_of_source"):
         halves = [v for v in (out[f"benign_flagged_{key}"], out[f"harmful_miss_{key}"]) if v is not None]
         out[f"balanced_error_{key}"] = round(sum(halves) / len(halves), 4) if halves else None
+    variances = [torch.tensor(v).var().item() / len(v) for v in (values("out_of_source", False),
+                                                                  values("out_of_source", True)) if len(v) > 1]
+    out["standard_error_out_of_source"] = round(sum(variances) ** 0.5 / len(variances), 4) if variances else None
     return out
 
 

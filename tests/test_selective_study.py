@@ -45,6 +45,8 @@ def test_study_chooses_on_validation_before_testing_and_reports_every_family(tin
     sources = selection["families"]["gated"]["gate_sources"]  # the gate's error with and without each source
     assert "advbench" in sources["sources"] and sources["balanced_error_out_of_source"] is not None
     assert "| **balanced mean** |" in (out / "selective.md").read_text()
+    gate = selection["families"]["gated"]["gate"]  # the study's gate is chosen out of source, among feature kinds
+    assert gate["mode"] == "out-of-source" and gate["chosen"] in (out / "selective.md").read_text()
     calls.clear()
     run_selective(cfg, echo=lambda *_: None)  # a rerun resumes: nothing is evaluated again
     assert calls == []

@@ -5,8 +5,8 @@ reported once on test splits.
 Families (each a train preset, so the study's winner is what ``train --preset`` gives a user):
 - ``naive``: refusal SFT on the harmful data alone (the paper's recipe, the control);
 - ``contrastive``: the same plus a KL retain term on benign contrast prompts (``selective-contrastive``);
-- ``gated``: the naive patch behind a gate fitted on the base's hidden states (``selective``, the recommended recipe:
-  the study's choice on validation);
+- ``gated``: the naive patch behind a gate (``selective``, the recommended recipe: the study's choice on
+  validation), its features (the base's hidden states, a sentence encoder, or both) chosen out of source;
 - ``cascade``: the contrastive patch behind the gate (``selective-cascade``).
 Ungated families move along their dose, gated ones along their gate threshold (computed from the base's answers and
 the patch's answers without its gate: :mod:`.frontier`). An ungated family ships at the dose with the largest margin
@@ -229,7 +229,11 @@ def select_on_validation(study: Study) -> dict[str, Any]:
                             "dose": 1.0 if family in GATED else float(chosen[1].split()[-1]),
                             "cost": json.loads((patch / "orthopatch.json").read_text())["cost"]}
         if family in GATED:  # the gate's error on each source, fitted with and without it (leave one source out)
-            families[family]["gate_sources"] = Gate.load(patch).info.get("out_of_source")
+            gate = Gate.load(patch)
+            families[family]["gate_sources"] = gate.info.get("out_of_source")
+            families[family]["gate"] = {"chosen": gate.describe(), "l2": gate.info.get("l2"),
+                                        "threshold": gate.threshold, **{k: gate.info.get("selection", {}).get(k)
+                                                                        for k in ("mode", "rule")}}
     best = max(families, key=lambda f: margin(families[f]["shipped"]["over_refusal"],
                                               families[f]["shipped"]["harmful_refusal"]))
     ablations = contrast_ablations(study, val)
@@ -243,7 +247,9 @@ def contrast_ablations(study: Study, val: EvalConfig) -> dict[str, Any]:
     """Which benign contrast sets matter: the gate refitted without each (validation recall and false positives),
     and, with ``retain_ablation``, the contrastive patch retrained without each (validation point at dose 1)."""
     base, tokenizer, _ = study.loaded
-    gate = {**FAMILIES["gated"]["gate"], **study.cfg.train.get("gate", {})}
+    # chosen in source: the ablation compares the validation rates of refits, and leaving every source out of every
+    # candidate five more times would add a quarter of an hour to the study for numbers it does not report
+    gate = {**FAMILIES["gated"]["gate"], **study.cfg.train.get("gate", {}), "selection": "in-source"}
     settings = apply(make(TrainConfig), {"gate": gate}, "study gate").gate
     drops = {"(a) adversarial benign (wrapped)": {"wrap_benign": False}, "(b) look-alikes": {"benign": [
         c for c in CONTRAST if c != "lookalikes"]}, "(c) casual": {"benign": [c for c in CONTRAST

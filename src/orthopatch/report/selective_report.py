@@ -41,6 +41,10 @@ def markdown(record: dict[str, Any]) -> str:
     lines = ["| " + " | ".join(header()) + " |", "|" + "---|" * len(header())]
     lines += ["| " + " | ".join(row) + " |" for row in rows_of(record)]
     for family, entry in record["selection"]["families"].items():
+        if entry.get("gate"):
+            gate = entry["gate"]
+            lines += ["", f"The {family} family's gate: {gate['chosen']} (L2 {gate['l2']}), chosen {gate['mode']}: "
+                      f"{gate['rule']}."]
         if entry.get("gate_sources"):
             lines += ["", f"The {family} family's gate, validation error per source: fitted on every source (in "
                       "source) and refitted without that source (out of source)", "",

@@ -23,6 +23,12 @@ HARMFUL = ("advbench", "donotanswer:discrimination_exclusion_toxicity_hateful_of
 CONTRAST = ("lookalikes", "chatterbot_prompts", "donotanswer:human_chatbox", "donotanswer:misinformation_harms")
 SELECTIVE = {"data": list(HARMFUL), "shuffle": True, "max_examples": 256, "epochs": 1, "group_by_length": True}
 SELECTIVE_RETAIN = {"data": list(CONTRAST), "weight": 10.0}
+# The selective recipe's gate (issue 23): its features (one layer's or all candidate layers' hidden states, the
+# all-MiniLM-L6-v2 sentence encoder, or both), layer, pooling and penalty chosen out of source (leave one source out,
+# the one-standard-error rule). Linear heads only: the MLP head's leave-one-source-out refits took 12 minutes of
+# gate fitting on two cores, past the recipe's 10-minute budget.
+SELECTIVE_GATE = {"enabled": True, "selection": "out-of-source",
+                  "features": ["hidden", "hidden:all", "encoder", "hidden+encoder"]}
 # Named training recipes (`orthopatch train --preset NAME`), applied under --config and --set. Each comes from a
 # measured study; the comment says which.
 TRAIN_PRESETS: dict[str, dict[str, Any]] = {
@@ -37,11 +43,13 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
     # SFT on varied harmful requests (AdvBench + Do-Not-Answer's harmful areas) behind a gate fitted on the base's
     # hidden states (harmful against benign look-alike, casual and borderline prompts, plain and in jailbreak form),
     # so that the patch acts only on prompts the gate flags. Test splits: HarmBench refusal 99.5%, over-refusal 8.0%
-    # (base 1.5% / 0%); its misses are in the README ("What the selective patch achieved").
-    "selective": {**SELECTIVE, "gate": {"enabled": True}},
+    # (base 1.5% / 0%); its misses are in the README ("What the selective patch achieved"). Since issue 23 its gate
+    # is chosen out of source among more feature kinds; on SmolLM2 that choice is the same probe (layer 12, last
+    # token) and the README's "Out of distribution" section gives its in-source and out-of-source error.
+    "selective": {**SELECTIVE, "gate": SELECTIVE_GATE},
     # The other two selective families, measured alongside: the gate in front of a contrastive patch (a KL retain
     # term on the benign contrast prompts), and the contrastive patch without a gate.
-    "selective-cascade": {**SELECTIVE, "retain": SELECTIVE_RETAIN, "gate": {"enabled": True}},
+    "selective-cascade": {**SELECTIVE, "retain": SELECTIVE_RETAIN, "gate": SELECTIVE_GATE},
     "selective-contrastive": {**SELECTIVE, "retain": SELECTIVE_RETAIN},
 }
 

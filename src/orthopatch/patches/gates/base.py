@@ -130,7 +130,11 @@ class PromptReader:
 
     @classmethod
     def of(cls, hf_tokenizer) -> PromptReader:
-        tokenizer = Tokenizer.from_str(hf_tokenizer.backend_tokenizer.to_str())
+        backend = getattr(hf_tokenizer, "backend_tokenizer", None)
+        if backend is None:
+            raise UserError("a gate that reads text needs the base's fast (tokenizers) tokenizer, to store with it",
+                            field="gate.features")
+        tokenizer = Tokenizer.from_str(backend.to_str())
         rendered = tokenizer.decode(chat_prompt_ids(hf_tokenizer, [SENTINEL])[0], skip_special_tokens=True)
         prefix, _, suffix = rendered.partition(SENTINEL)
         return cls(tokenizer, prefix, suffix)

@@ -41,6 +41,6 @@ class SentenceEncoder(Feature):
 
     @classmethod
     def candidates(cls, argument: str | None, layers: list[int], poolings: list[str]) -> list[Feature]:
-        model = argument or MINILM
-        directory = encoder_dir(model)
+        directory = encoder_dir(argument or MINILM)
+        model = MINILM if argument in (None, MINILM) else str(directory.resolve())
         return [cls(model, directory, weights_sha256(directory))]

@@ -47,7 +47,8 @@ def reproduced(tiny_model, tmp_path_factory):
 def test_reproduce_runs_every_step_and_judges_every_claim(reproduced):
     cfg, out, results = reproduced
     assert set(results["steps"]) == {"sweep", "geometry", "selective", "redteam", "domains", "judges"}
-    assert "A selective safety patch" in (out / "report.html").read_text()
+    report = (out / "report.html").read_text()
+    assert "A selective safety patch" in report and "gate: linear probe on" in report and "chosen out-of-source" in report
     verdicts = {c["claim"]: c["verdict"] for c in results["claims"]}
     assert len(verdicts) == 7 and set(verdicts.values()) <= {"held", "did not hold"}
     html = (out / "report.html").read_text()

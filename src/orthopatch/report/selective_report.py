@@ -42,14 +42,16 @@ def markdown(record: dict[str, Any]) -> str:
     lines += ["| " + " | ".join(row) + " |" for row in rows_of(record)]
     for family, entry in record["selection"]["families"].items():
         if entry.get("gate"):
-            gate = entry["gate"]
-            lines += ["", f"The {family} family's gate: {gate['chosen']} (L2 {gate['l2']}), chosen {gate['mode']}: "
-                      f"{gate['rule']}."]
+            lines += ["", gate_sentence(family, entry["gate"])]
         if entry.get("gate_sources"):
             lines += ["", f"The {family} family's gate, validation error per source: fitted on every source (in "
                       "source) and refitted without that source (out of source)", "",
                       error_table(entry["gate_sources"])]
     return "\n".join(lines) + "\n"
+
+
+def gate_sentence(family: str, gate: dict[str, Any]) -> str:
+    return f"The {family} family's gate: {gate['chosen']} (L2 {gate['l2']}), chosen {gate['mode']}: {gate['rule']}."
 
 
 def source_table(report: dict[str, Any], family: str) -> Table:
@@ -96,9 +98,10 @@ def report_section(root: Path, record: dict[str, Any]) -> Section:
         tables.append(Table(["contrastive patch without", "validation refusal", "over-refusal"],
                             [[name, cell(v["harmful_refusal"], True), cell(v["over_refusal"], True)]
                              for name, v in ablations["retain"].items()], "The retain term without each set"))
+    gates = [gate_sentence(family, e["gate"]) for family, e in selection["families"].items() if e.get("gate")]
     return Section("A selective safety patch", paragraphs=[
         f"Chosen on validation: {selection['chosen']} ({selection['rule']}). Every family was trained on the same "
         "harmful data with the same budget; the gated ones were placed along their gate threshold, the others along "
-        "their dose."], tables=tables,
+        "their dose.", *gates], tables=tables,
         figures=[Figure(root / "figures" / "frontier_test.png", "test frontier of each family"),
                  Figure(root / "figures" / "frontier_validation.png", "validation frontier (what chose)")])

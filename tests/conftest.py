@@ -113,19 +113,22 @@ def _fresh_fault_counters():
     faults.reset()
 
 
-@pytest.fixture(scope="session")
-def gated_patch(tiny_model, tmp_path_factory) -> Path:
-    """A real gated patch from `train` on the tiny model (registered data, capped small)."""
+def train_gated_patch(tiny_model: Path, root: Path, **gate: object) -> Path:
+    """A real gated patch from `train` on the tiny model (registered data, capped small); ``gate`` adds settings."""
     from orthopatch.config import make
     from orthopatch.train.config import TrainConfig
     from orthopatch.train.run import train_patch
 
-    root = tmp_path_factory.mktemp("gated")
     data = root / "d.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in SAFE_TRAIN))
     cfg = make(TrainConfig, model=str(tiny_model), data=[str(data)], output=str(root / "patch"), epochs=1,
                batch_size=4, lr=2e-2, device="cpu", lora={"r": 2, "alpha": 4},
                gate={"enabled": True, "harmful": ["advbench"], "benign": ["lookalikes", "chatterbot_prompts"],
                      "validation_benign": ["rho_overrefusal"], "max_per_set": 12, "layers": [0.5], "l2": [1e-2],
-                     "wrap": 0.5})
+                     "wrap": 0.5, **gate})
     return train_patch(cfg, progress=False)
+
+
+@pytest.fixture(scope="session")
+def gated_patch(tiny_model, tmp_path_factory) -> Path:
+    return train_gated_patch(tiny_model, tmp_path_factory.mktemp("gated"))

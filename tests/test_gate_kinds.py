@@ -3,7 +3,6 @@ signal, and a gated patch of each kind survives train, save, verify, load and at
 own guard model plugs into the ``hf-classifier:`` slot and is pinned by its hash; the reader that turns a prompt's
 token ids back into its text gives the text the user wrote."""
 
-import json
 import shutil
 
 import pytest
@@ -22,9 +21,8 @@ from orthopatch.serve.config import ServeConfig
 from orthopatch.serve.models import load_gates_only, load_local
 from orthopatch.train.config import TrainConfig
 from orthopatch.train.gate import GateData, fit_gate
-from orthopatch.train.run import train_patch
 
-from .conftest import SAFE_TRAIN
+from .conftest import train_gated_patch
 
 VERBS = ["Tell me how to do", "Explain how to do", "Give steps for", "Describe how I can do"]
 HARMFUL = [f"{VERBS[i % 4]} the forbidden thing number {i}." for i in range(32)]
@@ -90,14 +88,7 @@ def test_each_feature_kind_and_head_fits_a_planted_signal(tiny_model, guard, tmp
 
 
 def gated_patch_of(tiny_model, root, features: list[str]):
-    data = root / "d.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in SAFE_TRAIN))
-    cfg = make(TrainConfig, model=str(tiny_model), data=[str(data)], output=str(root / "patch"), epochs=1,
-               batch_size=4, lr=2e-2, device="cpu", lora={"r": 2, "alpha": 4},
-               gate={"enabled": True, "harmful": ["advbench"], "benign": ["lookalikes", "chatterbot_prompts"],
-                     "validation_benign": ["rho_overrefusal"], "max_per_set": 12, "layers": [0.5], "l2": [1e-2],
-                     "wrap": 0.5, "features": features})
-    return train_patch(cfg, progress=False)
+    return train_gated_patch(tiny_model, root, features=features)
 
 
 @pytest.mark.parametrize("kind", ["hidden:all", "encoder", "guard"])

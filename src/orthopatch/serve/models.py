@@ -3,8 +3,9 @@
 Every patch is loaded as its own PEFT adapter on one copy of the base (verified first: hashes, base fingerprint,
 gate files), each with a :class:`RowMask`, so rows asking for different patches, or for the base, share a batch.
 Before a batch's first token, :meth:`ModelSet.route` decides per row: the base gets no update; an ungated patch
-gets its update; a gated patch gets it only if its gate, reading the base's hidden states of that row's prompt,
-flags it. In upstream mode only the base's layers up to the deepest gate are loaded, to compute the same decisions.
+gets its update; a gated patch gets it only if its gate, reading that row's prompt (the base's hidden states, its
+text, or both), flags it. In upstream mode only the base's layers up to the deepest gate are loaded (none for gates
+that read text alone), to compute the same decisions.
 """
 
 from __future__ import annotations

@@ -8,6 +8,11 @@ import torch
 import torch.nn.functional as F
 
 
+def balanced_weights(y: torch.Tensor) -> torch.Tensor:
+    """Per-row loss weights giving each class (labels 0/1) half the total."""
+    return torch.where(y > 0, 0.5 / y.sum(), 0.5 / (1 - y).sum())
+
+
 def fit_logistic(x: torch.Tensor, y: torch.Tensor, l2: float, steps: int = 100, *, balanced: bool = False
                  ) -> tuple[torch.Tensor, float]:
     """Weights and bias minimising the logistic loss + l2/2 * |w|^2: the mean over rows, or, ``balanced``, each class
@@ -15,7 +20,7 @@ def fit_logistic(x: torch.Tensor, y: torch.Tensor, l2: float, steps: int = 100, 
     x, y = x.double(), y.double()
     w = torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=True)
     b = torch.zeros((), dtype=torch.float64, requires_grad=True)
-    weights = torch.where(y > 0, 0.5 / y.sum(), 0.5 / (1 - y).sum()) if balanced else None
+    weights = balanced_weights(y) if balanced else None
     optimizer = torch.optim.LBFGS([w, b], lr=1.0, max_iter=steps, line_search_fn="strong_wolfe")
 
     def closure():

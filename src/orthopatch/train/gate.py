@@ -31,7 +31,7 @@ from orthopatch.models.probes import auroc
 from orthopatch.patches.gate import decoder_layers, gate_inputs
 from orthopatch.patches.gates import FEATURES, HEADS, Feature, Gate, PromptReader
 from orthopatch.train.config import GateSettings
-from orthopatch.train.gate_selection import leave_one_source_out
+from orthopatch.train.gate_selection import leave_one_source_out, recall_threshold
 
 
 @dataclass
@@ -161,12 +161,6 @@ def candidate_features(settings: GateSettings, layers: list[int]) -> list[tuple[
             parts.append(FEATURES[kind].candidates(argument or None, layers, settings.poolings))
         combos += list(itertools.product(*parts))
     return combos
-
-
-def recall_threshold(positive: torch.Tensor, recall: float) -> float:
-    """The highest threshold that flags at least ``recall`` of the positive scores."""
-    ordered = positive.sort().values
-    return float(ordered[int((1 - recall) * len(ordered) + 1e-9)])
 
 
 def evaluate_probe(gate: Gate, features: dict[str, torch.Tensor], harmful: str) -> dict[str, Any]:

@@ -22,8 +22,9 @@ from orthopatch.patches.gate import Gate
 Fit = Any  # (X, y, l2) -> a fitted head
 
 
-def _threshold(scores: torch.Tensor, recall: float) -> float:
-    ordered = scores.sort().values
+def recall_threshold(positive: torch.Tensor, recall: float) -> float:
+    """The highest threshold that flags at least ``recall`` of the positive scores."""
+    ordered = positive.sort().values
     return float(ordered[int((1 - recall) * len(ordered) + 1e-9)])
 
 
@@ -54,7 +55,7 @@ def leave_one_source_out(fit: Fit, full: Gate, train: tuple[torch.Tensor, torch.
             entry["out_of_source"] = None  # the only source of its class: nothing to fit or threshold without it
         elif held.any():
             gate = full.with_head(fit(X[keep], y[keep], l2))
-            gate.threshold = _threshold(gate.logits(Xv[others]), recall)
+            gate.threshold = recall_threshold(gate.logits(Xv[others]), recall)
             entry["out_of_source"] = _error(gate, Xv[rows], harmful)
         else:  # no training prompt of this kind: the full probe never saw it
             entry["out_of_source"] = entry["in_source"]

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from orthopatch.errors import UserError
+from orthopatch.models.probes import balanced_weights
 from orthopatch.patches.gates.base import Head, check_number, check_vectors, standardisation
 from orthopatch.patches.gates.registry import register_head
 
@@ -45,7 +46,7 @@ class MLPHead(Head):
         w2 = torch.randn(UNITS, generator=generator, dtype=torch.float64) / UNITS ** 0.5
         params = [w1.requires_grad_(), torch.zeros(UNITS, dtype=torch.float64, requires_grad=True),
                   w2.requires_grad_(), torch.zeros((), dtype=torch.float64, requires_grad=True)]
-        weights = torch.where(y > 0, 0.5 / y.sum(), 0.5 / (1 - y).sum())
+        weights = balanced_weights(y)
         optimizer = torch.optim.LBFGS(params, lr=1.0, max_iter=steps, line_search_fn="strong_wolfe")
 
         def closure():

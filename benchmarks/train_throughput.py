@@ -61,7 +61,7 @@ def orthopatch_route(model, tokenizer, info, cfg, method: str) -> dict:
     cost = manifest["cost"]
     return {"seconds": cost["wall_seconds"], "tokens": cost["tokens_trained"],
             "tokens_per_second": cost["tokens_per_second"], "final_loss": manifest["final_loss"],
-            "trainable_parameters": cost["trainable_parameters"]}
+            "trainable_parameters": cost["trainable_parameters"], "packed": cost["packed"]}
 
 
 def main() -> None:

@@ -12,6 +12,7 @@ from peft.tuners.lora import LoraLayer
 from transformers.pytorch_utils import Conv1D
 
 from orthopatch.patches.manifest import verify_patch
+from orthopatch.train.dropout import use_bits_dropout
 from orthopatch.train.config import TrainConfig
 
 
@@ -33,11 +34,14 @@ def lora_config(cfg: TrainConfig, model=None) -> LoraConfig:
 def trainable_model(cfg: TrainConfig, model, base_fingerprint: str, shared: bool):
     """LoRA layers on ``model`` (or a verified patch to keep training), or, for full-parameter methods, the model
     itself with every weight trainable (a copy when ``shared``: the caller keeps using its base)."""
-    if cfg.is_lora and cfg.init_patch:
-        verify_patch(cfg.init_patch, base_fingerprint)
-        return PeftModel.from_pretrained(model, cfg.init_patch, is_trainable=True)
     if cfg.is_lora:
-        return get_peft_model(model, lora_config(cfg, model))
+        if cfg.init_patch:
+            verify_patch(cfg.init_patch, base_fingerprint)
+            peft_model = PeftModel.from_pretrained(model, cfg.init_patch, is_trainable=True)
+        else:
+            peft_model = get_peft_model(model, lora_config(cfg, model))
+        use_bits_dropout(peft_model)
+        return peft_model
     trainable = copy.deepcopy(model) if shared else model
     return trainable.requires_grad_(True)
 

@@ -173,6 +173,9 @@ class TrainConfig:
     group_by_length: bool = False
     grad_accum: int = num(1, **POSITIVE)
     max_length: int = num(256, **POSITIVE)
+    # SFT: lay each batch's examples end to end in rows of max_length tokens (no padding; same loss); models that
+    # cannot keep packed examples apart (checked on the model) train on padded batches.
+    packing: bool = True
     scheduler: str = field(default="constant", metadata={"choices": lambda: SCHEDULERS})
     warmup_ratio: float = num(0.0, ge=0, le=1)
     weight_decay: float = num(0.0, ge=0)

@@ -16,6 +16,7 @@ from orthopatch.errors import UserError
 from orthopatch.io import sha256_file, sha256_text, write_jsonl_atomic
 from orthopatch.models import generation
 from orthopatch.train.config import TrainConfig
+from orthopatch.train.packing import pack_batch
 from orthopatch.train.tokenize import TokenizedExample, pad_batch, tokenize_chat
 
 # Base-model answers cached next to the run and kept in the output; not part of the patch's hashed files.
@@ -38,12 +39,18 @@ class TrainingSet:
     side_files: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
 
-def collate(batch: list, pad_id: int) -> dict[str, torch.Tensor]:
-    """Pad a batch of examples; a batch of preference pairs becomes rows chosen, rejected, chosen, rejected, ...
-    (interleaved, so that splitting a batch across processes keeps each pair together)."""
+def collate(batch: list, pad_id: int, pack_tokens: int | None = None) -> dict[str, torch.Tensor]:
+    """Pad a batch of examples, or with ``pack_tokens`` lay them end to end in rows of that many tokens
+    (:func:`orthopatch.train.packing.pack_batch`); a batch of preference pairs becomes padded rows chosen, rejected,
+    chosen, rejected, ... (interleaved, so that splitting a batch across processes keeps each pair together)."""
     if batch and isinstance(batch[0], PreferencePair):
-        batch = [row for pair in batch for row in (pair.chosen, pair.rejected)]
-    return pad_batch(batch, pad_id)
+        return pad_batch([row for pair in batch for row in (pair.chosen, pair.rejected)], pad_id)
+    return pack_batch(batch, pad_id, pack_tokens) if pack_tokens else pad_batch(batch, pad_id)
+
+
+def batch_tokens(batch: dict[str, torch.Tensor]) -> int:
+    """The real (not padding) tokens of a collated batch."""
+    return int(batch["token_mask" if "token_mask" in batch else "attention_mask"].sum())
 
 
 def context_length(model) -> int | None:

@@ -3,8 +3,9 @@ checkpoint/resume, fault injection and cost accounting.
 
 A plain PyTorch loop under :mod:`accelerate` rather than TRL's trainers: one loop gives every objective the same
 resumable checkpoints, fault points, seeded data order and cost record, and ``accelerate launch`` still scales it out
-(DDP / DeepSpeed / FSDP) unchanged. It is not faster than the HF Trainer on the reference CPU (0.994x its tokens/s on
-identical work, benchmarks/README.md); it is here for control, not speed.
+(DDP / DeepSpeed / FSDP) unchanged. Where it is faster than the HF Trainer on the same work (benchmarks/README.md)
+it is for three reasons, each in its own module: packed batches (train/packing.py), the head computed at labelled
+positions only (train/labelled.py) and a cheaper dropout mask (train/dropout.py).
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ from orthopatch.train import checkpoint
 from orthopatch.train.batching import epoch_batches, example_length, local_share
 from orthopatch.train.config import TrainConfig
 from orthopatch.train.cost import peak_memory_mb, reset_peak_memory
-from orthopatch.train.data import collate
+from orthopatch.train.data import batch_tokens, collate
 from orthopatch.train.objectives import Objective
+from orthopatch.train.packing import packing_works
 from orthopatch.train.reference import Reference
 
 
@@ -51,6 +53,7 @@ class LoopResult:
     wall_seconds: float
     resumed_from: int | None
     peak_memory_mb: float
+    packed: bool  # batches were packed rows (cfg.packing, a main objective that packs, a model that keeps them apart)
 
 
 def step_loss(objectives: list[Objective], model, batch, reference: Reference | None, step: int
@@ -70,6 +73,7 @@ def run_loop(model, examples: list, objectives: list[Objective], reference: Refe
     """Train ``model`` (its parameters that require grad) on ``examples`` for ``cfg.epochs``."""
     accelerator = Accelerator(cpu=str(next(model.parameters()).device) == "cpu",
                               gradient_accumulation_steps=cfg.grad_accum)
+    pack_tokens = cfg.max_length if cfg.packing and objectives[0].packs and packing_works(model) else None
     trainable = [p for p in model.parameters() if p.requires_grad]
     batches_per_epoch = math.ceil(len(examples) / cfg.batch_size)
     optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -96,10 +100,10 @@ def run_loop(model, examples: list, objectives: list[Objective], reference: Refe
         skip = max(state.done - epoch * batches_per_epoch, 0)  # batches of this epoch a resumed run already did
         for step, indices in enumerate(batches[skip:], start=skip):
             batch = {k: v.to(accelerator.device) for k, v in collate(
-                [examples[i] for i in local_share(indices, accelerator)], pad_id).items()}
+                [examples[i] for i in local_share(indices, accelerator)], pad_id, pack_tokens).items()}
             loss, row = train_step(model, batch, objectives, reference, optimizer, scheduler, accelerator,
                                    trainable, cfg.max_grad_norm, state.done)
-            state.tokens += int(batch["attention_mask"].sum())
+            state.tokens += batch_tokens(batch)
             state.label_tokens += int((batch["labels"] != -100).sum())
             state.log.append({"epoch": epoch, "step": step, "loss": round(loss, 6), **row,
                               "lr": scheduler.get_last_lr()[0]})
@@ -115,7 +119,7 @@ def run_loop(model, examples: list, objectives: list[Objective], reference: Refe
     if not all(math.isfinite(row["loss"]) for row in state.log):
         raise RuntimeError("training diverged (non-finite loss); nothing was written")
     return LoopResult(accelerator.unwrap_model(model), accelerator, state, steps, wall, resumed_from,
-                      peak_memory_mb(device))
+                      peak_memory_mb(device), pack_tokens is not None)
 
 
 def train_step(model, batch, objectives, reference, optimizer, scheduler, accelerator, trainable,

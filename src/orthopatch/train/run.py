@@ -114,7 +114,8 @@ def run_cost(cfg: TrainConfig, result: LoopResult, data: TrainingSet, n_trainabl
             "resumed_from_batch": result.resumed_from,
             "tokens_per_second": round(tokens / result.wall_seconds, 1) if result.wall_seconds > 0 else None,
             "peak_memory_mb": round(result.peak_memory_mb, 1), "trainable_parameters": n_trainable,
-            "device": str(next(result.model.parameters()).device), "processes": result.accelerator.num_processes}
+            "device": str(next(result.model.parameters()).device), "processes": result.accelerator.num_processes,
+            "packed": result.packed}
 
 
 def save_patch(cfg: TrainConfig, result: LoopResult, tokenizer, info: ModelInfo, data: TrainingSet,

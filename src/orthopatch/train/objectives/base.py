@@ -25,10 +25,13 @@ class TrainContext:
 
 class Objective:
     """A loss term. The first objective of a run is the main one (added as it is); every further one is added times
-    its ``weight``. ``needs_reference``: it compares with the base (see :class:`Reference`)."""
+    its ``weight``. ``needs_reference``: it compares with the base (see :class:`Reference`); ``packs``: as the main
+objective it takes packed batches (``input_ids``, ``position_ids``, ``labels``, no attention mask)."""
 
     name: ClassVar[str]
     needs_reference: ClassVar[bool] = False
+    # A main objective that only needs per-token losses can train on packed rows (see train/packing.py).
+    packs: ClassVar[bool] = False
     weight: float = 1.0
 
     @classmethod

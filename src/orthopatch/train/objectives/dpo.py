@@ -6,13 +6,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from orthopatch.train.labelled import labelled_logits
 from orthopatch.train.objectives.base import Objective, TrainContext
 
 
 def sequence_logprobs(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Summed log-probability of each row's labelled (assistant) tokens."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
-    labels = batch["labels"][:, 1:]
+    logits, labels = labelled_logits(model, batch)
     mask = labels != -100
     logp = torch.log_softmax(logits, -1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
     return (logp * mask).sum(-1)

@@ -18,7 +18,15 @@ from orthopatch.io import sha256_file
 from orthopatch.models.generation import chat_prompt_ids, generate, left_pad
 from orthopatch.models.loading import load_model
 from orthopatch.models.probes import auroc
-from orthopatch.patches.gate import GATE_CONFIG, GATE_WEIGHTS, Gate, attach_gate, gate_scores, gates_of
+from orthopatch.patches.gate import (
+    GATE_CONFIG,
+    GATE_WEIGHTS,
+    Gate,
+    attach_gate,
+    decoder_layers,
+    gate_scores,
+    gates_of,
+)
 from orthopatch.patches.gates import HiddenStates, LinearHead
 from orthopatch.patches.manifest import MANIFEST, apply_patch, verify_patch
 from orthopatch.patches.routing import RowMask
@@ -228,3 +236,41 @@ def test_row_masks_of_two_adapters_park_and_unpark_independently(tiny_model, gat
     first.remove()
     second.remove()
     assert list(layer.active_adapters) == ["patch0", "patch1"]
+
+
+def prompt_passes(model, width: int) -> list[int]:
+    """Counts, per call of ``generate`` below, the first decoder layer's passes over a whole prompt."""
+    calls: list[int] = []
+    layer = decoder_layers(model.get_base_model())[0]
+    layer.register_forward_hook(lambda _m, args, _o: calls.append(1) if args[0].shape[1] == width else None)
+    return calls
+
+
+def test_generation_reuses_the_gates_pass_and_answers_as_without_it(tiny_model, gated_patch):
+    base, tokenizer, info = load_model(str(tiny_model), device="cpu")
+    gated, _ = apply_patch(copy.deepcopy(base), gated_patch, info.fingerprint)
+    (runtime,) = gates_of(gated)
+    set_patch_scale(gated, 40.0)
+    runtime.gate.threshold = threshold_between(runtime, tokenizer, PROMPTS)
+    scores = gate_scores(runtime, tokenizer, PROMPTS)
+    input_ids, attention = left_pad(chat_prompt_ids(tokenizer, PROMPTS), tokenizer.pad_token_id, "cpu")
+    settings = {"max_new_tokens": 6, "do_sample": False, "pad_token_id": tokenizer.pad_token_id}
+    passes = prompt_passes(gated, input_ids.shape[1])
+    plain = type(gated).generate(gated, input_ids=input_ids, attention_mask=attention, **settings)
+    assert len(passes) == 2  # the gate's own partial pass, then the prefill
+    passes.clear()
+    reused = gated.generate(input_ids=input_ids, attention_mask=attention, **settings)
+    assert len(passes) == 2  # one shared base pass, then the flagged rows' prefill with the patch
+    assert torch.equal(reused[:, :plain.shape[1]], plain) and bool((reused[:, plain.shape[1]:] ==
+                                                                      tokenizer.pad_token_id).all())
+    assert runtime.scores.tolist() == pytest.approx(scores, abs=1e-5)
+    off = [i for i, s in enumerate(scores) if s < runtime.gate.threshold]
+    passes.clear()
+    assert torch.equal(gated.generate(input_ids=input_ids[off], attention_mask=attention[off], **settings),
+                       type(gated).generate(gated, input_ids=input_ids[off], attention_mask=attention[off],
+                                            **settings))
+    assert len(passes) == 1 + 2  # reused: the base pass alone; plain: the gate's pass and the prefill
+    runtime.remove()  # an always-on patch generates plainly
+    assert not gates_of(gated)
+    torch.testing.assert_close(gated.generate(input_ids=input_ids, attention_mask=attention, **settings),
+                               type(gated).generate(gated, input_ids=input_ids, attention_mask=attention, **settings))

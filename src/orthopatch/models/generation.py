@@ -6,10 +6,20 @@ token, and decoded greedily; ``generate`` stops a batch as soon as every row has
 
 from __future__ import annotations
 
+import inspect
 import sys
 
 import torch
 from tqdm.auto import tqdm
+
+
+def forward_accepts(model, argument: str) -> bool:
+    """Whether the (unwrapped) model's forward takes ``argument`` (e.g. ``logits_to_keep``: the head at chosen
+    positions only)."""
+    while hasattr(model, "module") and not hasattr(model, "get_base_model"):  # DDP and similar wrappers
+        model = model.module
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return argument in inspect.signature(inner.forward).parameters
 
 
 def chat_prompt_ids(tokenizer, prompts: list[str]) -> list[list[int]]:

@@ -16,13 +16,15 @@ any number of gated and ungated patches can be attached side by side. PEFT's own
 
 from __future__ import annotations
 
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 
 import torch
 
 from orthopatch.errors import UserError
 from orthopatch.models.generation import chat_prompt_ids, left_pad
+from orthopatch.patches.gated_generate import reuse_gate_pass
 from orthopatch.patches.gates import GATE_CONFIG, GATE_TOKENIZER, GATE_WEIGHTS, Gate, GateInputs, pool
+from orthopatch.patches.hidden_pass import captured_layers, decoder_layers, layer_features
 from orthopatch.patches.routing import RowMask
 
 __all__ = ["GATE_CONFIG", "GATE_TOKENIZER", "GATE_WEIGHTS", "Gate", "GateInputs", "GateRuntime", "attach_gate",
@@ -35,53 +37,6 @@ def gate_summary(gate: Gate) -> dict:
     files = [GATE_CONFIG, GATE_WEIGHTS] + ([GATE_TOKENIZER] if gate.reader is not None else [])
     return {**gate.summary(), "describe": gate.describe(), "layer": gate.layer, "l2": gate.info.get("l2"),
             "validation": gate.info.get("validation"), "fitted_on": gate.info.get("fitted_on"), "files": files}
-
-
-def decoder_layers(model) -> torch.nn.ModuleList:
-    """The model's stack of decoder layers (``model.layers`` in Llama/Qwen, ``transformer.h`` in GPT-2, ...)."""
-    n = getattr(model.config, "num_hidden_layers", None) or getattr(model.config, "n_layer", None)
-    for module in model.modules():
-        if isinstance(module, torch.nn.ModuleList) and len(module) == n:
-            return module
-    raise UserError(f"cannot find the decoder layers of {type(model).__name__} (looked for a list of {n} layers)")
-
-
-class _Stop(Exception):
-    """Raised by a hook right after the deepest layer a probe needs: the rest of the forward pass is not run."""
-
-
-@contextmanager
-def captured_layers(model, layers: list[int], *, stop: bool = False):
-    """Within the block, every forward pass of ``model`` records the hidden states (batch, tokens, hidden) after
-    each of ``layers`` into the yielded dict; with ``stop`` the pass ends right after the deepest of them."""
-    stack = decoder_layers(model)
-    if not layers or min(layers) < 1 or max(layers) > len(stack):
-        raise UserError(f"gate layers must lie in 1..{len(stack)}", field="layer")
-    captured: dict[int, torch.Tensor] = {}
-
-    def capture(index: int):
-        def hook(_module, _inputs, output):
-            captured[index] = (output[0] if isinstance(output, tuple) else output).float()
-            if stop and index == max(layers):
-                raise _Stop
-        return hook
-
-    handles = [stack[index - 1].register_forward_hook(capture(index)) for index in sorted(set(layers))]
-    try:
-        yield captured
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
-@torch.no_grad()
-def layer_features(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, layers: list[int]
-                   ) -> dict[int, torch.Tensor]:
-    """Hidden states (batch, tokens, hidden) after each of ``layers``, from one forward pass that stops after the
-    deepest of them (``model`` is the plain transformers model, or a PEFT model with its adapters switched off)."""
-    with captured_layers(model, layers, stop=True) as captured, suppress(_Stop):
-        model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-    return captured
 
 
 def gate_inputs(model, input_ids: torch.Tensor, attention: torch.Tensor, layers: list[int]) -> GateInputs:
@@ -107,6 +62,7 @@ class GateRuntime:
         self.peft_model, self.adapter_name, self.gate = peft_model, adapter_name, gate
         self.scores: torch.Tensor | None = None
         self._deciding = False
+        self._preset = False  # the next new sequence's decision was made already (the shared prefill)
         try:
             self.rows = RowMask(peft_model, adapter_name)
         except UserError:
@@ -120,13 +76,23 @@ class GateRuntime:
 
     def decide(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """The probe's logits for a batch of sequences (the base's hidden states: every adapter switched off)."""
+        with self.deciding(), self.peft_model.disable_adapter():
+            inputs = gate_inputs(model, input_ids, attention_mask, self.gate.layers)
+        return self.gate.score(inputs).to(input_ids.device)
+
+    @contextmanager
+    def deciding(self):
+        """Within the block the pre-hook leaves forward passes alone (they are the gate's own)."""
         self._deciding = True
         try:
-            with self.peft_model.disable_adapter():
-                inputs = gate_inputs(model, input_ids, attention_mask, self.gate.layers)
+            yield
         finally:
             self._deciding = False
-        return self.gate.score(inputs).to(input_ids.device)
+
+    def preset(self, flagged: torch.Tensor) -> None:
+        """The rows of the next batch that get the update, decided already (see gated_generate.py)."""
+        self.rows.set(flagged)
+        self._preset = True
 
     def _decide(self, module, args, kwargs):
         if self._deciding:
@@ -137,10 +103,11 @@ class GateRuntime:
         attention = kwargs.get("attention_mask")
         cache = kwargs.get("past_key_values")
         cached = cache is not None and (cache.get_seq_length() if hasattr(cache, "get_seq_length") else len(cache))
-        if cached or (attention is not None and attention.shape[-1] != input_ids.shape[1]):
+        preset, self._preset = self._preset, False
+        if cached or preset or (attention is not None and attention.shape[-1] != input_ids.shape[1]):
             if self.mask is None or self.mask.shape[0] != input_ids.shape[0]:
                 raise RuntimeError("gated patch: a cached decoding step without the gate decision of its prefill")
-            return None  # a decoding step (earlier tokens in the cache): the decision of the prefill stands
+            return None  # a decoding step (earlier tokens in the cache) or a decided prefill: the decision stands
         if attention is None:
             attention = torch.ones_like(input_ids)
         self.scores = self.decide(module, input_ids, attention)
@@ -148,8 +115,12 @@ class GateRuntime:
         return None
 
     def remove(self) -> None:
+        """Detach the gate: the adapter then acts on every row."""
         self.rows.remove()
         self.handle.remove()
+        runtimes = self.peft_model.__dict__.get("_orthopatch_gates", [])
+        if self in runtimes:
+            runtimes.remove(self)
 
 
 def attach_gate(peft_model, adapter_name: str, gate: Gate) -> GateRuntime:
@@ -163,6 +134,8 @@ def attach_gate(peft_model, adapter_name: str, gate: Gate) -> GateRuntime:
         def unload_with_gates(*args, **kwargs):
             for each in peft_model.__dict__.pop("_orthopatch_gates", []):
                 each.remove()
+            for name in ("unload", "merge_and_unload", "generate"):
+                peft_model.__dict__.pop(name, None)
             return unload(*args, **kwargs)
 
         def refuse_merge(*args, **kwargs):
@@ -170,6 +143,7 @@ def attach_gate(peft_model, adapter_name: str, gate: Gate) -> GateRuntime:
                             "(orthopatch patch merge --unconditional merges its LoRA part as if always on)")
 
         peft_model.__dict__["unload"], peft_model.__dict__["merge_and_unload"] = unload_with_gates, refuse_merge
+        peft_model.__dict__["generate"] = reuse_gate_pass(peft_model, peft_model.generate, runtimes)
         del merge
     runtimes.append(runtime)
     return runtime

@@ -12,8 +12,8 @@ from peft.tuners.lora import LoraLayer
 from transformers.pytorch_utils import Conv1D
 
 from orthopatch.patches.manifest import verify_patch
-from orthopatch.train.dropout import use_bits_dropout
 from orthopatch.train.config import TrainConfig
+from orthopatch.train.dropout import use_bits_dropout
 
 
 def linear_module_names(model) -> list[str]:

@@ -8,22 +8,13 @@ The mean cross-entropy is the same as the full head's, to float tolerance.
 
 from __future__ import annotations
 
-import inspect
-
 import torch
 import torch.nn.functional as F
 
+from orthopatch.models.generation import forward_accepts
 from orthopatch.train.tokenize import IGNORE_INDEX
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids")
-
-
-def takes_logits_to_keep(model) -> bool:
-    """Whether the (unwrapped) causal LM's forward accepts ``logits_to_keep``."""
-    while hasattr(model, "module") and not hasattr(model, "get_base_model"):  # DDP and similar wrappers
-        model = model.module
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "logits_to_keep" in inspect.signature(inner.forward).parameters
 
 
 def labelled_logits(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -32,7 +23,7 @@ def labelled_logits(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor
     targets = batch["labels"][:, 1:]
     keep = (targets != IGNORE_INDEX).any(0).nonzero().flatten()
     inputs = {k: batch[k] for k in MODEL_INPUTS if k in batch}
-    if takes_logits_to_keep(model):
+    if forward_accepts(model, "logits_to_keep"):
         logits = model(**inputs, logits_to_keep=keep, use_cache=False).logits
     else:
         logits = model(**inputs, use_cache=False).logits[:, :-1][:, keep]

@@ -1,0 +1,133 @@
+"""Generation with gated patches that reuses the gate's pass as the prefill.
+
+A gate reads the base's hidden states at its layer L, which are exactly the first L layers of the base's prefill.
+So the prefill runs once, on the base (every adapter off), and the gate decides inside it, right after layer L:
+- if it flags every row, the pass stops there (the cost of the gate alone, as before);
+- otherwise the pass runs to the end, and the rows the gate passes decode on from that cache, with the patch's
+  update not computed at all: the gate cost them nothing;
+- the flagged rows are prefilled again with the patch (their share of the base pass is the gate's cost).
+A gate that reads only text decides before any pass. This applies when every adapter of the model is gated (an
+ungated one would change the base's pass) and generation is one plain sequence per prompt; otherwise ``generate``
+runs as without it (the gates then decide in their own partial pass, see :mod:`orthopatch.patches.gate`).
+"""
+
+from __future__ import annotations
+
+from contextlib import ExitStack, suppress
+from typing import Any
+
+import torch
+
+from orthopatch.models.generation import forward_accepts
+from orthopatch.patches.gates import GateInputs
+from orthopatch.patches.hidden_pass import Stop, captured_layers, decoder_layers
+
+UNSUPPORTED = ("past_key_values", "cache", "inputs_embeds", "return_dict_in_generate", "output_scores", "output_logits",
+               "assistant_model", "streamer", "prefix_allowed_tokens_fn")
+
+
+def reusable(peft_model, runtimes: list, kwargs: dict[str, Any]) -> bool:
+    """Whether this ``generate`` call can reuse the gate's pass (see the module's docstring)."""
+    if not runtimes or "input_ids" not in kwargs or any(kwargs.get(k) is not None for k in UNSUPPORTED):
+        return False
+    if max(kwargs.get("num_beams") or 1, kwargs.get("num_return_sequences") or 1) > 1:
+        return False
+    gated = {runtime.adapter_name for runtime in runtimes}
+    switched_off = any(layer.disable_adapters for runtime in runtimes for layer in runtime.rows.layers[:1])
+    return set(peft_model.peft_config) <= gated and not switched_off
+
+
+def positions(attention: torch.Tensor) -> torch.Tensor:
+    """The position ids ``generate`` gives a left-padded prefill, so the reused cache is the one it would build."""
+    return (attention.long().cumsum(-1) - 1).masked_fill(attention == 0, 0)
+
+
+def flag_rows(runtimes: list, inputs: GateInputs) -> list[torch.Tensor]:
+    """Each gate's decision per row (its scores kept on the runtime, as its own pre-hook would)."""
+    decisions = []
+    for runtime in runtimes:
+        runtime.scores = runtime.gate.score(inputs).to(inputs.input_ids.device)
+        decisions.append(runtime.scores >= runtime.gate.threshold)
+    return decisions
+
+
+def base_prefill(peft_model, runtimes: list, input_ids: torch.Tensor, attention: torch.Tensor
+                 ) -> tuple[list[torch.Tensor], Any]:
+    """The gates' decisions and, unless every row is flagged, the base's cache of the whole prompt."""
+    inner = peft_model.get_base_model()
+    layers = sorted({layer for runtime in runtimes for layer in runtime.gate.layers})
+    decisions: list[torch.Tensor] = []
+    if not layers:
+        decisions = flag_rows(runtimes, GateInputs(input_ids, attention))
+        if all_flagged(decisions):
+            return decisions, None
+    with ExitStack() as stack:
+        stack.enter_context(peft_model.disable_adapter())
+        for runtime in runtimes:
+            stack.enter_context(runtime.deciding())
+        if layers:
+            captured = stack.enter_context(captured_layers(inner, layers))
+
+            def decide_then_maybe_stop(_module, _inputs, _output):
+                decisions.extend(flag_rows(runtimes, GateInputs(input_ids, attention, captured)))
+                if all_flagged(decisions):
+                    raise Stop
+
+            handle = decoder_layers(inner)[max(layers) - 1].register_forward_hook(decide_then_maybe_stop)
+            stack.callback(handle.remove)
+        extra = {"logits_to_keep": 1} if forward_accepts(inner, "logits_to_keep") else {}
+        with suppress(Stop):
+            out = inner(input_ids=input_ids, attention_mask=attention, position_ids=positions(attention),
+                        use_cache=True, **extra)
+            cache = out.get("cache")  # transformers >= 5.24; earlier 5.x call it past_key_values
+            return decisions, cache if cache is not None else out.get("past_key_values")
+    return decisions, None
+
+
+def all_flagged(decisions: list[torch.Tensor]) -> bool:
+    return bool(torch.stack(decisions).any(0).all())
+
+
+def generate_reusing_gate_pass(peft_model, plain_generate, runtimes: list, **kwargs) -> torch.Tensor:
+    """``generate`` for a model whose adapters are all gated: one base prefill shared by the gates and the rows
+    they pass; flagged rows generate apart with the patch. Returns the rows in the input's order (padded with the
+    pad token to the longest)."""
+    input_ids = kwargs.pop("input_ids")
+    attention = kwargs.pop("attention_mask", None)
+    attention = torch.ones_like(input_ids) if attention is None else attention
+    decisions, cache = base_prefill(peft_model, runtimes, input_ids, attention)
+    flagged = torch.stack(decisions).any(0)
+    # transformers 5.24 renamed generate's past_key_values to cache (the old name warns); older 5.x know only it
+    cache_name = "cache" if forward_accepts(peft_model.get_base_model(), "cache") else "past_key_values"
+    outputs: dict[int, torch.Tensor] = {}
+    for rows, group_cache in ((~flagged).nonzero().flatten(), cache), (flagged.nonzero().flatten(), None):
+        if len(rows) == 0:
+            continue
+        if group_cache is not None:
+            if len(rows) < len(flagged):
+                group_cache.batch_select_indices(rows)
+            group_cache.crop(-1)  # generate computes the last prompt token again, with the cache before it
+        for runtime, decided in zip(runtimes, decisions, strict=True):
+            runtime.preset(decided[rows])
+        out = plain_generate(input_ids=input_ids[rows], attention_mask=attention[rows],
+                             **{cache_name: group_cache}, **kwargs)
+        outputs.update(zip(rows.tolist(), out, strict=True))
+    pad = kwargs.get("pad_token_id")
+    pad = peft_model.generation_config.pad_token_id if pad is None else pad
+    width = max(len(row) for row in outputs.values())
+    merged = torch.full((len(flagged), width), 0 if pad is None else pad, dtype=input_ids.dtype,
+                        device=input_ids.device)
+    for index, row in outputs.items():
+        merged[index, :len(row)] = row
+    return merged
+
+
+def reuse_gate_pass(peft_model, plain_generate, runtimes: list):
+    """A ``generate`` for ``peft_model`` that reuses the gate's pass where it can, else calls ``plain_generate``."""
+    def generate(*args, **kwargs):
+        if args and "input_ids" not in kwargs:
+            kwargs["input_ids"], args = args[0], args[1:]
+        if args or not reusable(peft_model, runtimes, kwargs):
+            return plain_generate(*args, **kwargs)
+        return generate_reusing_gate_pass(peft_model, plain_generate, runtimes, **kwargs)
+    return generate

@@ -16,6 +16,7 @@ any number of gated and ungated patches can be attached side by side. PEFT's own
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from contextlib import contextmanager
 
 import torch
@@ -30,6 +31,9 @@ from orthopatch.patches.routing import RowMask
 __all__ = ["GATE_CONFIG", "GATE_TOKENIZER", "GATE_WEIGHTS", "Gate", "GateInputs", "GateRuntime", "attach_gate",
            "captured_layers", "decoder_layers", "gate_inputs", "gate_scores", "gate_summary", "gates_of",
            "layer_features", "pool", "score_features"]
+
+# Gate scores kept per runtime (GateRuntime.seen): enough for any evaluation, bounded for a long-lived process.
+SEEN_LIMIT = 100_000
 
 
 def gate_summary(gate: Gate) -> dict:
@@ -63,6 +67,8 @@ class GateRuntime:
         self.scores: torch.Tensor | None = None
         self._deciding = False
         self._preset = False  # the next new sequence's decision was made already (the shared prefill)
+        # the scores generation computed, by prompt token ids, so reporting them needs no pass of its own
+        self.seen: OrderedDict[tuple[int, ...], float] = OrderedDict()
         try:
             self.rows = RowMask(peft_model, adapter_name)
         except UserError:
@@ -111,8 +117,16 @@ class GateRuntime:
         if attention is None:
             attention = torch.ones_like(input_ids)
         self.scores = self.decide(module, input_ids, attention)
+        self.remember(input_ids, attention, self.scores)
         self.rows.set(self.scores >= self.gate.threshold)
         return None
+
+    def remember(self, input_ids: torch.Tensor, attention: torch.Tensor, scores: torch.Tensor) -> None:
+        """Keep each row's score by its unpadded token ids (the latest SEEN_LIMIT prompts)."""
+        for row, mask, score in zip(input_ids.tolist(), attention.bool().tolist(), scores.tolist(), strict=True):
+            self.seen[tuple(t for t, m in zip(row, mask, strict=True) if m)] = score
+        while len(self.seen) > SEEN_LIMIT:
+            self.seen.popitem(last=False)
 
     def remove(self) -> None:
         """Detach the gate: the adapter then acts on every row."""
@@ -151,12 +165,14 @@ def attach_gate(peft_model, adapter_name: str, gate: Gate) -> GateRuntime:
 
 @torch.no_grad()
 def gate_scores(runtime: GateRuntime, tokenizer, prompts: list[str], batch_size: int = 16) -> list[float]:
-    """The gate's logit for each chat-formatted prompt, exactly as generation would compute it."""
+    """The gate's logit for each chat-formatted prompt, exactly as generation would compute it (the score that
+    generation did compute, where the prompt was generated for)."""
     ids = chat_prompt_ids(tokenizer, prompts)
-    order = sorted(range(len(ids)), key=lambda i: len(ids[i]), reverse=True)
+    seen = [runtime.seen.get(tuple(row)) for row in ids]
+    order = sorted((i for i in range(len(ids)) if seen[i] is None), key=lambda i: len(ids[i]), reverse=True)
     inner = runtime.peft_model.get_base_model()
     device = next(inner.parameters()).device
-    out = [0.0] * len(ids)
+    out = [0.0 if score is None else score for score in seen]
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]
         input_ids, attention = left_pad([ids[i] for i in chunk], tokenizer.pad_token_id, device)

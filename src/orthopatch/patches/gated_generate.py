@@ -2,10 +2,10 @@
 
 A gate reads the base's hidden states at its layer L, which are exactly the first L layers of the base's prefill.
 So the prefill runs once, on the base (every adapter off), and the gate decides inside it, right after layer L:
-- if it flags every row, the pass stops there (the cost of the gate alone, as before);
-- otherwise the pass runs to the end, and the rows the gate passes decode on from that cache, with the patch's
-  update not computed at all: the gate cost them nothing;
-- the flagged rows are prefilled again with the patch (their share of the base pass is the gate's cost).
+- if it flags every row, the pass stops there (the cost of the gate alone, as before) and generation runs as usual;
+- otherwise the pass runs to the end, and the rows the gate passes keep its cache: the gate cost them nothing;
+- the flagged rows are prefilled again with the patch and their cache rows replaced (their share of the base pass
+  is the gate's cost); then one decoding loop runs for the whole batch, each row with its gate's decision.
 A gate that reads only text decides before any pass. This applies when every adapter of the model is gated (an
 ungated one would change the base's pass) and generation is one plain sequence per prompt; otherwise ``generate``
 runs as without it (the gates then decide in their own partial pass, see :mod:`orthopatch.patches.gate`).
@@ -32,6 +32,9 @@ def reusable(peft_model, runtimes: list, kwargs: dict[str, Any]) -> bool:
         return False
     if max(kwargs.get("num_beams") or 1, kwargs.get("num_return_sequences") or 1) > 1:
         return False
+    config = peft_model.get_base_model().config  # a sliding-window or recurrent cache cannot be cropped back
+    if getattr(config, "sliding_window", None) or set(getattr(config, "layer_types", None) or []) - {"full_attention"}:
+        return False
     gated = {runtime.adapter_name for runtime in runtimes}
     switched_off = any(layer.disable_adapters for runtime in runtimes for layer in runtime.rows.layers[:1])
     return set(peft_model.peft_config) <= gated and not switched_off
@@ -47,6 +50,7 @@ def flag_rows(runtimes: list, inputs: GateInputs) -> list[torch.Tensor]:
     decisions = []
     for runtime in runtimes:
         runtime.scores = runtime.gate.score(inputs).to(inputs.input_ids.device)
+        runtime.remember(inputs.input_ids, inputs.attention, runtime.scores)
         decisions.append(runtime.scores >= runtime.gate.threshold)
     return decisions
 
@@ -88,38 +92,45 @@ def all_flagged(decisions: list[torch.Tensor]) -> bool:
     return bool(torch.stack(decisions).any(0).all())
 
 
+def patched_prefill(peft_model, runtimes: list, decisions: list[torch.Tensor], cache, input_ids: torch.Tensor,
+                    attention: torch.Tensor, flagged: torch.Tensor) -> None:
+    """Prefill the flagged rows again with the patch, alone (trimmed to their own padding, as they would be without
+    a gate), and write their keys and values into ``cache`` in place of the base's."""
+    rows = flagged.nonzero().flatten()
+    start = int(attention[rows].any(0).nonzero()[0])  # the sub-batch's own left padding
+    sub_attention = attention[rows, start:]
+    for runtime, decided in zip(runtimes, decisions, strict=True):
+        runtime.preset(decided[rows])
+    extra = {"logits_to_keep": 1} if forward_accepts(peft_model.get_base_model(), "logits_to_keep") else {}
+    out = peft_model(input_ids=input_ids[rows, start:], attention_mask=sub_attention,
+                     position_ids=positions(sub_attention), use_cache=True, **extra)
+    patched = out.get("cache")
+    patched = patched if patched is not None else out.get("past_key_values")
+    for layer, sub in zip(cache.layers, patched.layers, strict=True):
+        for name in ("keys", "values"):
+            full = getattr(layer, name)
+            full[rows] = 0  # the columns left of the sub-batch are padding: masked, never read
+            full[rows, :, start:] = getattr(sub, name)
+
+
 def generate_reusing_gate_pass(peft_model, plain_generate, runtimes: list, **kwargs) -> torch.Tensor:
     """``generate`` for a model whose adapters are all gated: one base prefill shared by the gates and the rows
-    they pass; flagged rows generate apart with the patch. Returns the rows in the input's order (padded with the
-    pad token to the longest)."""
+    they pass, the flagged rows prefilled again with the patch, then one decoding loop for the whole batch."""
     input_ids = kwargs.pop("input_ids")
     attention = kwargs.pop("attention_mask", None)
     attention = torch.ones_like(input_ids) if attention is None else attention
     decisions, cache = base_prefill(peft_model, runtimes, input_ids, attention)
     flagged = torch.stack(decisions).any(0)
-    # transformers 5.24 renamed generate's past_key_values to cache (the old name warns); older 5.x know only it
-    cache_name = "cache" if forward_accepts(peft_model.get_base_model(), "cache") else "past_key_values"
-    outputs: dict[int, torch.Tensor] = {}
-    for rows, group_cache in ((~flagged).nonzero().flatten(), cache), (flagged.nonzero().flatten(), None):
-        if len(rows) == 0:
-            continue
-        if group_cache is not None:
-            if len(rows) < len(flagged):
-                group_cache.batch_select_indices(rows)
-            group_cache.crop(-1)  # generate computes the last prompt token again, with the cache before it
-        for runtime, decided in zip(runtimes, decisions, strict=True):
-            runtime.preset(decided[rows])
-        out = plain_generate(input_ids=input_ids[rows], attention_mask=attention[rows],
-                             **{cache_name: group_cache}, **kwargs)
-        outputs.update(zip(rows.tolist(), out, strict=True))
-    pad = kwargs.get("pad_token_id")
-    pad = peft_model.generation_config.pad_token_id if pad is None else pad
-    width = max(len(row) for row in outputs.values())
-    merged = torch.full((len(flagged), width), 0 if pad is None else pad, dtype=input_ids.dtype,
-                        device=input_ids.device)
-    for index, row in outputs.items():
-        merged[index, :len(row)] = row
-    return merged
+    extra = {}
+    if cache is not None:  # some row passed: its prefill is done
+        if bool(flagged.any()):
+            patched_prefill(peft_model, runtimes, decisions, cache, input_ids, attention, flagged)
+        cache.crop(-1)  # generate computes the last prompt token again, with the cache before it
+        # transformers 5.24 renamed generate's past_key_values to cache (the old name warns); older 5.x know only it
+        extra["cache" if forward_accepts(peft_model.get_base_model(), "cache") else "past_key_values"] = cache
+    for runtime, decided in zip(runtimes, decisions, strict=True):
+        runtime.preset(decided)
+    return plain_generate(input_ids=input_ids, attention_mask=attention, **extra, **kwargs)
 
 
 def reuse_gate_pass(peft_model, plain_generate, runtimes: list):

@@ -3,8 +3,8 @@
 PEFT applies ``nn.Dropout`` to every LoRA module's input: a Bernoulli draw per element of a (tokens x hidden)
 tensor, 210 of them per pass for an all-linear 30-layer model. On a CPU that draw costs as much as the module's
 frozen matmul (a fifth of a training step on SmolLM2-135M, torch profiler). Here each element's keep/drop comes from
-16 random bits (four per 64-bit draw), so the mask costs a third as much; the drop probability is rounded to a
-multiple of 1/65536 (0.05 -> 0.0500031). Same distribution otherwise (independent per element, inverted scaling);
+16 random bits (four per 64-bit draw) and is applied with ``where``: a fifth of the cost; the drop probability is
+rounded to a multiple of 1/65536 (0.05 -> 0.0500031). Same distribution otherwise (independent per element, inverted scaling);
 other random numbers, so a patch's bits differ from PEFT's dropout.
 """
 
@@ -28,7 +28,7 @@ class BitsDropout(torch.nn.Module):
         n = x.numel()
         bits = torch.randint(-2**63, 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64, device=x.device)
         keep = bits.view(torch.int16)[:n].view(x.shape) >= self.threshold
-        return x * keep * self.scale
+        return torch.where(keep, x, 0.0).mul_(self.scale)  # 5x faster on a CPU than x * keep (a bool multiply)
 
     def extra_repr(self) -> str:
         return f"p={self.p}"

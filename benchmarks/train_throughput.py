@@ -5,7 +5,8 @@ against full-parameter training, side by side in one process (ratios, not absolu
     python benchmarks/train_throughput.py --model DIR --examples 256
 
 Identical work: the same tokenized examples (assistant-only labels), batch size, learning rate, optimizer (AdamW),
-constant schedule, epochs and LoRA config; each route trains once after a short untimed warm-up of its own. Reported:
+constant schedule, epochs and LoRA config; each route trains once after a short untimed warm-up of its own, then the
+routes run in turn for ``--repeats`` rounds and each reports its median round. Reported:
 tokens/s (non-padding tokens processed), wall time and peak resident memory of each route (the high-water mark is reset
 before each route, as orthopatch does per training run), the ratios, and the final losses (they should be close: same
 data and hyper-parameters).
@@ -64,6 +65,11 @@ def orthopatch_route(model, tokenizer, info, cfg, method: str) -> dict:
             "trainable_parameters": cost["trainable_parameters"], "packed": cost["packed"]}
 
 
+def median_run(rows: list[dict]) -> dict:
+    """The round with the median time (its loss and memory with it)."""
+    return sorted(rows, key=lambda row: row["seconds"])[len(rows) // 2]
+
+
 def main() -> None:
     from orthopatch.data.assemble import training_records
     from orthopatch.models.loading import load_model
@@ -75,6 +81,7 @@ def main() -> None:
     parser.add_argument("--model", default=None)
     parser.add_argument("--examples", type=int, default=64)
     parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3, help="rounds of all routes; each reports its median")
     args = parser.parse_args()
     torch.manual_seed(0)
     cfg = TrainConfig(model=args.model, data=["advbench"], max_examples=args.examples, epochs=args.epochs,
@@ -88,13 +95,16 @@ def main() -> None:
     warm.max_examples = 8
     orthopatch_route(model, tokenizer, info, warm, "lora-sft")
     hf_trainer_route(model, tokenizer, examples[:8], cfg)
-    results = {}
-    for name, run in (("orthopatch_lora", lambda: orthopatch_route(model, tokenizer, info, cfg, "lora-sft")),
-                      ("hf_trainer_lora", lambda: hf_trainer_route(model, tokenizer, examples, cfg)),
-                      ("orthopatch_full", lambda: orthopatch_route(model, tokenizer, info, cfg, "full-sft"))):
-        reset_peak_memory(str(model.device))
-        results[name] = run()
-        results[name]["peak_memory_mb"] = round(peak_memory_mb(str(model.device)), 1)
+    routes = {"orthopatch_lora": lambda: orthopatch_route(model, tokenizer, info, cfg, "lora-sft"),
+              "hf_trainer_lora": lambda: hf_trainer_route(model, tokenizer, examples, cfg),
+              "orthopatch_full": lambda: orthopatch_route(model, tokenizer, info, cfg, "full-sft")}
+    runs: dict[str, list[dict]] = {name: [] for name in routes}
+    for _ in range(args.repeats):  # rounds of every route in turn: the machine's drift hits all of them alike
+        for name, route in routes.items():
+            reset_peak_memory(str(model.device))
+            runs[name].append({**route(), "peak_memory_mb": round(peak_memory_mb(str(model.device)), 1)})
+    results = {name: {**median_run(rows), "seconds_per_round": [row["seconds"] for row in rows]}
+               for name, rows in runs.items()}
     ours, theirs, full = results["orthopatch_lora"], results["hf_trainer_lora"], results["orthopatch_full"]
     results["ratios"] = {
         "orthopatch_vs_hf_trainer_tokens_per_second": round(ours["tokens_per_second"] / theirs["tokens_per_second"],

@@ -62,7 +62,7 @@ def test_eval_throughput(tiny_model):
 
 @pytest.mark.filterwarnings("ignore")
 def test_train_throughput(tiny_model):
-    output = run("train_throughput.py", "--model", str(tiny_model), "--examples", "4", "--epochs", "1")
+    output = run("train_throughput.py", "--model", str(tiny_model), "--examples", "4", "--epochs", "1", "--repeats", "1")
     check("train_throughput.py", output)
     assert output["orthopatch_lora"]["tokens"] > 0 and output["ratios"]["orthopatch_vs_hf_trainer_tokens_per_second"] > 0
 

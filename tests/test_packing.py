@@ -41,9 +41,13 @@ def loss_and_grads(model, batch) -> tuple[float, list[torch.Tensor]]:
     return loss.item(), [p.grad.clone() for p in model.parameters() if p.requires_grad]
 
 
-def test_rows_pack_first_fit_and_never_split_an_example():
-    assert pack_rows([3, 4, 2, 6], 8) == [[0, 1], [2, 3]]
-    assert pack_rows([10, 2], 8) == [[0], [1]]  # longer than a row: a row of its own
+def test_rows_come_out_nearly_equal_and_never_split_an_example():
+    assert pack_rows([3, 4, 2, 6], 8) == [[2, 3], [0, 1]]  # 15 tokens: two rows, of 8 and 7
+    lengths = [62, 60, 65, 58, 61, 64, 63, 59]  # 492 tokens: two rows of 246, where first fit would need three
+    rows = pack_rows(lengths, 256)
+    assert [sum(lengths[i] for i in row) for row in rows] == [246, 246]
+    assert sorted(i for row in rows for i in row) == list(range(8))
+    assert pack_rows([10, 2], 8) == [[0], [1]]
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])

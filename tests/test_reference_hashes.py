@@ -31,19 +31,19 @@ from tests.conftest import save_tiny
 
 RECORDED_WITH = {"torch": "2.13.0+cpu", "transformers": "5.24.0", "tokenizers": "0.23.3", "peft": "0.21.2"}
 BEFORE = {
-    "lora-sft": ({}, "93380ea18bf2646b270d56a24bfe8de062b2334a43407acaf1a9d867d2f56960"),
-    "full-sft": ({"method": "full-sft", "lr": 1e-3}, "094128dc51934ca8cc1f1b0c3b475f933064f24a404aa08a3503817622d1d9ce"),
+    "lora-sft": ({}, "0a118520505462b1638459b1d3602293aa1a9fda7b69adb9660278fe766b151f"),
+    "full-sft": ({"method": "full-sft", "lr": 1e-3}, "a9c2bd3aa85973852e6edc946442f59e9c1a575c29afd0315bb44d468674b17a"),
     "lora-dpo": ({"method": "lora-dpo", "dpo_rejected_tokens": 8},
                  "23cbd4f5fd1e924759b57932b1514a0c9833b9792c9a193c904d3d6b0e59c1e7"),
     "full-dpo": ({"method": "full-dpo", "lr": 1e-3, "dpo_rejected_tokens": 8},
                  "8201ccf96358fee2d2b82d3045f104394a59692e4b30b84d1dbcee26bfa2713e"),
     "retain": ({"retain": ["trivia"], "retain_weight": 5.0, "retain_batch_size": 4},
-               "29b13ac738986b0138b25c3b398351d44b2f056fe34554172d8e827477aad714"),
+               "20bd1cb8c91a20b99a6ed37af08933ac06cbc94741a1c30f8d96a0ade72f4eb3"),
     "ortho-penalty": ({"ortho_weight": 10.0, "ortho_k": 4},
-                      "344281e406e734b1baba059b70e93a9e0f8055e220c62b36b150cbaab574b7ff"),
+                      "139f2b53296661fd058ceb431de605fb65db605ba03bab5c70571237fc947569"),
     "ortho-project": ({"ortho_project": True, "ortho_k": 4},
-                      "ecf569c6d8da3241b96e557435a83ceaf0841237b70a6e3c264d8a9c13975973"),
-    "scale": ({"scale": 0.5}, "4f5118ae6c8862130a7666e100f13713665d2345796f8c48ee55e70f04f0581b"),
+                      "7a6e699dee6b22353ab00ef01c495e58d5d3175b40797479af6a48a69fad73c9"),
+    "scale": ({"scale": 0.5}, "b6ddb9949a6f07a4ad70affda1af9145111e5e10c7bdb2e455b2fe5b0ef995ac"),
 }
 
 

@@ -27,7 +27,7 @@ from orthopatch.train import checkpoint
 from orthopatch.train.batching import epoch_batches, example_length, local_share
 from orthopatch.train.config import TrainConfig
 from orthopatch.train.cost import peak_memory_mb, reset_peak_memory
-from orthopatch.train.data import batch_tokens, collate
+from orthopatch.train.data import batch_tokens, collate, context_length
 from orthopatch.train.objectives import Objective
 from orthopatch.train.packing import packing_works
 from orthopatch.train.reference import Reference
@@ -73,7 +73,7 @@ def run_loop(model, examples: list, objectives: list[Objective], reference: Refe
     """Train ``model`` (its parameters that require grad) on ``examples`` for ``cfg.epochs``."""
     accelerator = Accelerator(cpu=str(next(model.parameters()).device) == "cpu",
                               gradient_accumulation_steps=cfg.grad_accum)
-    pack_tokens = cfg.max_length if cfg.packing and objectives[0].packs and packing_works(model) else None
+    pack_tokens = packed_row_tokens(cfg, model) if cfg.packing and objectives[0].packs and packing_works(model) else None
     trainable = [p for p in model.parameters() if p.requires_grad]
     batches_per_epoch = math.ceil(len(examples) / cfg.batch_size)
     optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -120,6 +120,12 @@ def run_loop(model, examples: list, objectives: list[Objective], reference: Refe
         raise RuntimeError("training diverged (non-finite loss); nothing was written")
     return LoopResult(accelerator.unwrap_model(model), accelerator, state, steps, wall, resumed_from,
                       peak_memory_mb(device), pack_tokens is not None)
+
+
+def packed_row_tokens(cfg: TrainConfig, model) -> int:
+    """Rows of about max_length tokens; a row may reach twice that, so at most half the model's context."""
+    context = context_length(model)
+    return min(cfg.max_length, context // 2) if context else cfg.max_length
 
 
 def train_step(model, batch, objectives, reference, optimizer, scheduler, accelerator, trainable,

@@ -1,4 +1,4 @@
-"""Padding-free batches: a batch's examples laid end to end in rows of at most ``row_tokens`` tokens, with
+"""Padding-free batches: a batch's examples laid end to end in rows of about ``row_tokens`` tokens, with
 ``position_ids`` restarting at every example and no attention mask, so that transformers builds the block-diagonal
 causal mask itself (``masking_utils.find_packed_sequence_indices``) and no token attends across examples.
 
@@ -14,18 +14,17 @@ from orthopatch.train.tokenize import IGNORE_INDEX, TokenizedExample
 
 
 def pack_rows(lengths: list[int], row_tokens: int) -> list[list[int]]:
-    """Example indices per row: first fit in the batch's order, so a fixed batch always packs the same way."""
-    rows: list[list[int]] = []
-    room: list[int] = []
-    for index, length in enumerate(lengths):
-        fit = next((r for r, left in enumerate(room) if left >= length), None)
-        if fit is None:
-            rows.append([])
-            room.append(max(row_tokens, length))
-            fit = len(rows) - 1
-        rows[fit].append(index)
-        room[fit] -= length
-    return rows
+    """Example indices per row: as many rows as ``row_tokens`` per row needs, filled longest example first into the
+    shortest row, so that rows come out nearly equal and hardly any padding is left (a row may pass ``row_tokens``
+    by less than its longest example). Deterministic: ties go to the lower index."""
+    n_rows = max(1, -(-sum(lengths) // row_tokens))
+    rows: list[list[int]] = [[] for _ in range(n_rows)]
+    filled = [0] * n_rows
+    for index in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+        row = min(range(n_rows), key=lambda r: (filled[r], r))
+        rows[row].append(index)
+        filled[row] += lengths[index]
+    return [sorted(row) for row in rows if row]
 
 
 def pack_batch(examples: list[TokenizedExample], pad_id: int, row_tokens: int) -> dict[str, torch.Tensor]:

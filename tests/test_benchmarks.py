@@ -13,8 +13,8 @@ README = (ROOT / "benchmarks" / "README.md").read_text(encoding="utf-8")
 KEYS = {
     "geometry_fast_path.py": ["modules", "source", "fast_seconds", "dense_seconds", "speedup",
                               "max_abs_disagreement", "threads"],
-    "eval_throughput.py": ["model", "device", "n_prompts", "naive_prompts_per_s", "batched_prompts_per_s", "speedup",
-                           "identical_answers"],
+    "eval_throughput.py": ["model", "device", "n_prompts", "prompt_tokens", "routes", "prompts_per_s", "speedup",
+                           "speedup_vs_sorted", "identical_answers", "identical_judgements"],
     "train_throughput.py": ["orthopatch_lora", "hf_trainer_lora", "orthopatch_full", "ratios", "setup"],
     "serve.py": ["model", "patch", "clients", "max_tokens", "threads", "runs", "ratios", "requests_per_s",
                  "completion_tokens_per_s", "p50_latency_s", "p95_latency_s", "base_vs_transformers_serve",
@@ -56,8 +56,10 @@ def test_geometry_fast_path_synthetic_and_on_a_patch(tiny_model, refusal_jsonl, 
 
 
 def test_eval_throughput(tiny_model):
-    check("eval_throughput.py", run("eval_throughput.py", "--model", str(tiny_model), "--n", "4", "--batch-size",
-                                    "2", "--max-new-tokens", "2"))
+    output = run("eval_throughput.py", "--model", str(tiny_model), "--n", "4", "--batch-size", "2",
+                 "--max-new-tokens", "2")
+    check("eval_throughput.py", {**output, **output["routes"]["orthopatch"]})
+    assert sorted(output["routes"]) == ["orthopatch", "plain", "sorted"] and output["n_prompts"] > 4
 
 
 @pytest.mark.filterwarnings("ignore")

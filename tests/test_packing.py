@@ -124,3 +124,24 @@ def test_lora_dropout_is_swapped_and_trains_reproducibly():
         runs.append(loss_and_grads(peft_model, batch))
     assert runs[0][0] == runs[1][0]
     assert all(torch.equal(a, b) for a, b in zip(runs[0][1], runs[1][1], strict=True))
+
+
+def test_bf16_autocast_trains_on_the_cpu_and_keeps_the_adapters_in_float32(tiny_model, refusal_jsonl, tmp_path):
+    import json
+
+    from orthopatch.train.config import LoraSettings, TrainConfig
+    from orthopatch.train.run import train_patch
+
+    patch = train_patch(TrainConfig(model=str(tiny_model), data=[str(refusal_jsonl)], output=str(tmp_path / "p"),
+                                    epochs=1, device="cpu", mixed_precision="bf16", lora=LoraSettings(r=2, alpha=4)),
+                        progress=False)
+    manifest = json.loads((patch / "orthopatch.json").read_text())
+    assert manifest["cost"]["mixed_precision"] == "bf16" and manifest["cost"]["packed"]
+    assert manifest["cost"]["weights_dtype"] == "float32"  # dtype auto on a CPU: float32
+    assert all(row["loss"] == row["loss"] and row["loss"] < 100 for row in
+               map(json.loads, (patch / "train_log.jsonl").read_text().splitlines()))
+
+
+def test_packing_check_allows_half_precision_rounding_only():
+    model = build_model("llama", 96).to(torch.bfloat16)
+    assert packing_works(model)

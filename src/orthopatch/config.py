@@ -22,7 +22,8 @@ import yaml
 from orthopatch.errors import UserError
 from orthopatch.io import output_lock
 
-DTYPES = ("float32", "bfloat16", "float16")
+# "auto": bfloat16 on a CUDA device that supports it, float32 elsewhere (models/loading.py: resolve_dtype)
+DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,7 @@ CAP = {"ge": 1}  # sample caps: at least one, or None for "all"
 class Placement:
     """Where a recipe's models run: every model it loads, trains or evaluates gets this device and dtype."""
     device: str = "auto"  # "auto": CUDA when available, else the CPU
-    dtype: str = field(default="float32", metadata={"choices": lambda: DTYPES})
+    dtype: str = field(default="auto", metadata={"choices": lambda: DTYPES})
 
 
 def _type_ok(value: Any, hint: Any) -> bool:

@@ -33,7 +33,7 @@ def register(sub) -> None:
     cmd.add_argument("--upstream-base", help="the base's model id at the upstream (default: this server's)")
     cmd.add_argument("--upstream-api-key", help="the upstream's API key (default: $ORTHOPATCH_UPSTREAM_API_KEY)")
     cmd.add_argument("--device", default="auto")
-    cmd.add_argument("--dtype", default="float32")
+    cmd.add_argument("--dtype", default="auto", help="auto: bfloat16 on CUDA, float32 elsewhere")
     cmd.add_argument("--trust-remote-code", action="store_true")
     add_verbose(cmd)
     cmd.set_defaults(run=run)

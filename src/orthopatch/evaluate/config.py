@@ -61,7 +61,10 @@ class EvalConfig:
     trivia_max_new_tokens: int = num(24, **POSITIVE)
     gsm8k_max_new_tokens: int = num(160, **POSITIVE)
     attack_max_tokens: int | None = num(None, **POSITIVE)  # prompt-token budget; None = context - max_new_tokens
-    batch_size: int = num(16, **POSITIVE)
+    batch_size: int = num(64, **POSITIVE)  # prompts per generation batch, at most
+    # and tokens per batch (rows x (longest prompt + new tokens)); None: on CUDA what half the free memory holds of
+    # the KV cache, on a CPU 8192 (measured: benchmarks/README.md, eval_throughput.py)
+    token_budget: int | None = num(None, **POSITIVE)
     # "hf" (transformers, batched) or "vllm" (judged generations through vLLM, for large models on GPUs).
     engine: str = field(default="hf", metadata={"choices": lambda: ("hf", "vllm")})
     judge: str = field(default="strmatch-refusal", metadata={"check": _check_judge})
@@ -71,7 +74,7 @@ class EvalConfig:
     lm_eval_include: str | None = None
     lm_eval_limit: int | None = num(None, **CAP)
     patch_scale: float = num(1.0)  # any finite dose (negative subtracts the update)
-    dtype: str = field(default="float32", metadata={"choices": lambda: DTYPES})
+    dtype: str = field(default="auto", metadata={"choices": lambda: DTYPES})  # auto: bf16 on CUDA, else fp32
     device: str = "auto"
     trust_remote_code: bool = False
     allow_base_mismatch: bool = False

@@ -49,7 +49,7 @@ from orthopatch.io import (
     write_jsonl_atomic,
 )
 from orthopatch.models.encoders import minilm_dir
-from orthopatch.models.generation import chat_prompt_ids
+from orthopatch.models.generation import chat_prompt_ids, memory_token_budget
 from orthopatch.models.generation import generate as hf_generate
 from orthopatch.models.loading import load_model_for
 from orthopatch.models.probes import auroc
@@ -273,8 +273,10 @@ class _Run:
         tokens = max_new_tokens or self.cfg.max_new_tokens
         if self.engine is not None:
             return self.engine.generate(prompts, tokens)
+        # a gated model decides per prompt in its own prefill, so it cannot take a shared opening's cache
         return hf_generate(self.model, self.tokenizer, prompts, max_new_tokens=tokens,
-                           batch_size=self.cfg.batch_size, progress=self.progress, desc=desc)
+                           batch_size=self.cfg.batch_size, token_budget=token_budget(self.model, self.cfg),
+                           share_prefix=not gates_of(self.model), progress=self.progress, desc=desc)
 
 
 def evaluate(model, tokenizer, cfg: EvalConfig, *, progress: bool = True, engine=None) -> tuple[dict[str, Any],
@@ -291,9 +293,10 @@ def evaluate(model, tokenizer, cfg: EvalConfig, *, progress: bool = True, engine
         _fit_to_context(prompt_set, tokenizer, budget)
         run.data[prompt_set.name] = {**prompt_set.source, **prompt_set.info, "group": prompt_set.group,
                                      "family": prompt_set.family}
-        responses = run.generate([r.prompt for r in prompt_set.records], prompt_set.name)
-        run.samples += [_sample_row(prompt_set, r, text)
-                        for r, text in zip(prompt_set.records, responses, strict=True)]
+    # one call for every set: batches are formed across sets (fuller batches, less padding)
+    responses = iter(run.generate([r.prompt for s in sets for r in s.records], "judged sets"))
+    for prompt_set in sets:
+        run.samples += [_sample_row(prompt_set, r, next(responses)) for r in prompt_set.records]
     score(run.samples, judge, extra, _prompt_lookup(sets))
     run.metrics.update(safety_metrics(run.samples, judged_sets(run.data), [j.describe() for j in extra]))
     _gate_decisions(run, sets)
@@ -326,6 +329,20 @@ def _gate_decisions(run: _Run, sets: list[PromptSet]) -> None:
         run.metrics.setdefault("gate", {})[runtime.adapter_name] = {
             "describe": runtime.gate.describe(), "layer": runtime.gate.layer, "threshold": runtime.gate.threshold,
             "flagged": flagged, "auroc_harmful_vs_benign": auroc(harmful, torch.tensor(by_group.get("benign", [])))}
+
+
+CPU_TOKEN_BUDGET = 8192  # tokens per generation batch on a CPU (eval_throughput.py)
+
+
+def token_budget(model, cfg: EvalConfig) -> int | None:
+    """Tokens per generation batch: the config's, or on CUDA what the free memory holds of the model's KV cache,
+    or on a CPU a fixed budget."""
+    if cfg.token_budget is not None:
+        return cfg.token_budget
+    if not str(model.device).startswith("cuda"):
+        return CPU_TOKEN_BUDGET
+    free, _ = torch.cuda.mem_get_info(model.device)
+    return memory_token_budget(model.config, free, next(model.parameters()).dtype)
 
 
 def _drift(run: _Run) -> None:

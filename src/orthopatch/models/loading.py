@@ -96,6 +96,15 @@ def pick_device(device: str = "auto") -> str:
     return device
 
 
+def resolve_dtype(dtype: str, device: str, full_training: bool = False) -> str:
+    """``auto``: bfloat16 on a CUDA device that supports it (float32 for full-parameter training, whose optimizer
+    needs full-precision weights; its speed comes from bf16 autocast), float32 elsewhere."""
+    if dtype != "auto":
+        return dtype
+    cuda = device.startswith("cuda") and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return "bfloat16" if cuda and not full_training else "float32"
+
+
 def load_tokenizer(path: Path, trust_remote_code: bool = False):
     tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None:
@@ -108,9 +117,10 @@ def load_tokenizer(path: Path, trust_remote_code: bool = False):
 def load_model(
     spec: str | None = None,
     *,
-    dtype: str = "float32",
+    dtype: str = "auto",
     device: str = "auto",
     trust_remote_code: bool = False,
+    full_training: bool = False,
     **config_overrides,
 ):
     """Return ``(model, tokenizer, info)`` for ``spec``; the model is in eval mode on ``device``.
@@ -118,14 +128,15 @@ def load_model(
     decoder layers only; the fingerprint is still the whole model's)."""
     name, path = resolve_model_path(spec)
     weight_files(path)
-    torch_dtype = getattr(torch, dtype, None)
+    device = pick_device(device)
+    torch_dtype = getattr(torch, resolve_dtype(dtype, device, full_training), None)
     if not isinstance(torch_dtype, torch.dtype):
         raise UserError(f"unknown dtype {dtype!r}", field="dtype")
     tokenizer = load_tokenizer(path, trust_remote_code)
     model = AutoModelForCausalLM.from_pretrained(
         str(path), dtype=torch_dtype, use_safetensors=True, trust_remote_code=trust_remote_code, **config_overrides
     )
-    model.to(pick_device(device))
+    model.to(device)
     model.eval()
     return model, tokenizer, ModelInfo(spec=name, path=str(path), fingerprint=fingerprint(path))
 
@@ -134,4 +145,5 @@ def load_model_for(cfg, given: tuple | None = None):
     """``given`` (an already loaded ``(model, tokenizer, info)``) or the model a train/eval config names."""
     if given is not None:
         return given
-    return load_model(cfg.model, dtype=cfg.dtype, device=cfg.device, trust_remote_code=cfg.trust_remote_code)
+    return load_model(cfg.model, dtype=cfg.dtype, device=cfg.device, trust_remote_code=cfg.trust_remote_code,
+                      full_training=getattr(cfg, "is_lora", True) is False)

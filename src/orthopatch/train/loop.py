@@ -71,8 +71,9 @@ def step_loss(objectives: list[Objective], model, batch, reference: Reference | 
 def run_loop(model, examples: list, objectives: list[Objective], reference: Reference | None, cfg: TrainConfig, *,
              pad_id: int, key: str, checkpoints: Path, overwrite: bool, progress_bar: bool) -> LoopResult:
     """Train ``model`` (its parameters that require grad) on ``examples`` for ``cfg.epochs``."""
-    accelerator = Accelerator(cpu=str(next(model.parameters()).device) == "cpu",
-                              gradient_accumulation_steps=cfg.grad_accum)
+    device = str(next(model.parameters()).device)
+    accelerator = Accelerator(cpu=device == "cpu", gradient_accumulation_steps=cfg.grad_accum,
+                              mixed_precision=mixed_precision(cfg.mixed_precision, device))
     pack_tokens = packed_row_tokens(cfg, model) if cfg.packing and objectives[0].packs and packing_works(model) else None
     trainable = [p for p in model.parameters() if p.requires_grad]
     batches_per_epoch = math.ceil(len(examples) / cfg.batch_size)
@@ -120,6 +121,12 @@ def run_loop(model, examples: list, objectives: list[Objective], reference: Refe
         raise RuntimeError("training diverged (non-finite loss); nothing was written")
     return LoopResult(accelerator.unwrap_model(model), accelerator, state, steps, wall, resumed_from,
                       peak_memory_mb(device), pack_tokens is not None)
+
+
+def mixed_precision(setting: str, device: str) -> str:
+    if setting != "auto":
+        return setting
+    return "bf16" if device.startswith("cuda") and torch.cuda.is_bf16_supported() else "no"
 
 
 def packed_row_tokens(cfg: TrainConfig, model) -> int:

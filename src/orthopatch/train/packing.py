@@ -65,8 +65,11 @@ def packing_works(model) -> bool:
         a, b = (torch.randint(0, vocab, (1, n), generator=generator).to(device) for n in (3, 4))
         apart = [model(input_ids=x, use_cache=False).logits for x in (a, b)]
         positions = torch.cat([torch.arange(3), torch.arange(4)]).unsqueeze(0).to(device)
-        together = model(input_ids=torch.cat([a, b], 1), position_ids=positions, use_cache=False).logits
-        return bool(torch.allclose(torch.cat(apart, 1), together, atol=1e-4, rtol=1e-3))
+        together = model(input_ids=torch.cat([a, b], 1), position_ids=positions, use_cache=False).logits.float()
+        apart = torch.cat(apart, 1).float()
+        # attending across examples moves logits by O(their scale); rounding in half precision by far less
+        tolerance = 1e-4 if model.get_input_embeddings().weight.dtype == torch.float32 else 3e-2
+        return bool((together - apart).abs().max() <= tolerance * max(1.0, float(apart.abs().max())))
     except (TypeError, ValueError, RuntimeError):  # a model that takes no position_ids, or no mask-free batch
         return False
     finally:

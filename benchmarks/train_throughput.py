@@ -23,7 +23,7 @@ import time
 import torch
 
 
-def hf_trainer_route(model, tokenizer, examples, cfg) -> dict:
+def hf_trainer_route(model, tokenizer, examples, cfg, bf16: bool = False) -> dict:
     from peft import get_peft_model
     from transformers import PrinterCallback, Trainer, TrainingArguments
 
@@ -36,7 +36,7 @@ def hf_trainer_route(model, tokenizer, examples, cfg) -> dict:
                                  num_train_epochs=cfg.epochs, lr_scheduler_type="constant", weight_decay=0.0,
                                  max_grad_norm=cfg.max_grad_norm, logging_steps=1, save_strategy="no", report_to=[],
                                  use_cpu=str(model.device) == "cpu", seed=cfg.seed, dataloader_num_workers=0,
-                                 remove_unused_columns=False, disable_tqdm=True)
+                                 remove_unused_columns=False, disable_tqdm=True, bf16=bf16)
         trainer = Trainer(model=peft_model, args=args, train_dataset=examples,
                           data_collator=lambda batch: pad_batch(batch, tokenizer.pad_token_id))
         trainer.remove_callback(PrinterCallback)  # it prints every log line; stdout carries the JSON result only

@@ -19,6 +19,9 @@ KEYS = {
     "serve.py": ["model", "patch", "clients", "max_tokens", "threads", "runs", "ratios", "requests_per_s",
                  "completion_tokens_per_s", "p50_latency_s", "p95_latency_s", "base_vs_transformers_serve",
                  "base_vs_unbatched", "gated_vs_base"],
+    "gpu.py": ["shape", "device", "device_name", "dtype", "parameters", "train", "ratios", "eval", "mfu",
+               "model_tflops_per_s", "orthopatch_vs_hf_trainer_tokens_per_second", "plain_prompts_per_s",
+               "orthopatch_prompts_per_s", "peak_tflops"],
     "gate_overhead.py": ["patch", "device", "threads", "runs", "max_new_tokens", "gated_seconds", "ungated_seconds",
                          "overhead", "flagged", "identical_answers"],
 }
@@ -83,3 +86,10 @@ def test_serve(tiny_model, gated_patch):
     assert set(output["runs"]) == {"orthopatch_base", "orthopatch_gated", "orthopatch_unbatched",
                                    "transformers_serve_cb"}
     assert all(run["requests"] == 4 and run["requests_per_s"] > 0 for run in output["runs"].values())
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_gpu_benchmark_runs_a_tiny_shape_on_the_cpu():
+    output = run("gpu.py", "--shape", "tiny", "--examples", "4", "--n", "4", "--max-new-tokens", "2")
+    check("gpu.py", {**output, **output["train"]["orthopatch_lora"], **output["ratios"], **output["eval"]})
+    assert output["train"]["orthopatch_lora"]["tokens"] > 0 and output["eval"]["prompts"] == 4

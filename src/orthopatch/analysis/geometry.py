@@ -71,7 +71,8 @@ def principal_cosines(Q1: torch.Tensor, Q2: torch.Tensor) -> torch.Tensor:
 
 def mso(Q1: torch.Tensor, Q2: torch.Tensor) -> float:
     """Mean squared principal-angle cosine ‖Q1ᵀQ2‖²_F / min(k1, k2): 1 = nested, 0 = orthogonal."""
-    return float((Q1.T.double() @ Q2.double()).pow(2).sum() / min(Q1.shape[1], Q2.shape[1]))
+    value = float((Q1.T.double() @ Q2.double()).pow(2).sum() / min(Q1.shape[1], Q2.shape[1]))
+    return min(value, 1.0)  # nested subspaces can round to 1 + 2e-16
 
 
 def mso_random_baseline(k1: int, k2: int, d: int) -> float:

@@ -183,8 +183,8 @@ class TrainConfig:
     seed: int = num(0, ge=0)
     split_seed: int = num(0, ge=0)
     dtype: str = field(default="auto", metadata={"choices": lambda: DTYPES})  # auto: bf16 base on CUDA (LoRA)
-    # Autocast in the loop (accelerate's mixed precision): auto = bf16 on a CUDA device that supports it, else no.
-    mixed_precision: str = field(default="auto", metadata={"choices": lambda: ("auto", "no", "bf16", "fp16")})
+    # bf16 autocast in the loop: auto = on a CUDA device that supports it, else no.
+    mixed_precision: str = field(default="auto", metadata={"choices": lambda: ("auto", "no", "bf16")})
     device: str = "auto"
     trust_remote_code: bool = False
     log_every: int = num(5, **POSITIVE)

@@ -54,6 +54,7 @@ class LoopResult:
     resumed_from: int | None
     peak_memory_mb: float
     packed: bool  # batches were packed rows (cfg.packing, a main objective that packs, a model that keeps them apart)
+    mixed_precision: str  # "bf16" (autocast) or "no"
 
 
 def step_loss(objectives: list[Objective], model, batch, reference: Reference | None, step: int
@@ -72,8 +73,8 @@ def run_loop(model, examples: list, objectives: list[Objective], reference: Refe
              pad_id: int, key: str, checkpoints: Path, overwrite: bool, progress_bar: bool) -> LoopResult:
     """Train ``model`` (its parameters that require grad) on ``examples`` for ``cfg.epochs``."""
     device = str(next(model.parameters()).device)
-    accelerator = Accelerator(cpu=device == "cpu", gradient_accumulation_steps=cfg.grad_accum,
-                              mixed_precision=mixed_precision(cfg.mixed_precision, device))
+    accelerator = Accelerator(cpu=device == "cpu", gradient_accumulation_steps=cfg.grad_accum)
+    precision = mixed_precision(cfg.mixed_precision, device)
     pack_tokens = packed_row_tokens(cfg, model) if cfg.packing and objectives[0].packs and packing_works(model) else None
     trainable = [p for p in model.parameters() if p.requires_grad]
     batches_per_epoch = math.ceil(len(examples) / cfg.batch_size)
@@ -103,7 +104,7 @@ def run_loop(model, examples: list, objectives: list[Objective], reference: Refe
             batch = {k: v.to(accelerator.device) for k, v in collate(
                 [examples[i] for i in local_share(indices, accelerator)], pad_id, pack_tokens).items()}
             loss, row = train_step(model, batch, objectives, reference, optimizer, scheduler, accelerator,
-                                   trainable, cfg.max_grad_norm, state.done)
+                                   trainable, cfg.max_grad_norm, state.done, precision)
             state.tokens += batch_tokens(batch)
             state.label_tokens += int((batch["labels"] != -100).sum())
             state.log.append({"epoch": epoch, "step": step, "loss": round(loss, 6), **row,
@@ -120,10 +121,12 @@ def run_loop(model, examples: list, objectives: list[Objective], reference: Refe
     if not all(math.isfinite(row["loss"]) for row in state.log):
         raise RuntimeError("training diverged (non-finite loss); nothing was written")
     return LoopResult(accelerator.unwrap_model(model), accelerator, state, steps, wall, resumed_from,
-                      peak_memory_mb(device), pack_tokens is not None)
+                      peak_memory_mb(device), pack_tokens is not None, precision)
 
 
 def mixed_precision(setting: str, device: str) -> str:
+    """bf16 autocast ("auto": on a CUDA device that supports it). torch's own autocast rather than accelerate's
+    mixed_precision, which is process-wide state: a second run in one process could not change it."""
     if setting != "auto":
         return setting
     return "bf16" if device.startswith("cuda") and torch.cuda.is_bf16_supported() else "no"
@@ -136,9 +139,10 @@ def packed_row_tokens(cfg: TrainConfig, model) -> int:
 
 
 def train_step(model, batch, objectives, reference, optimizer, scheduler, accelerator, trainable,
-               max_grad_norm: float, step: int) -> tuple[float, dict[str, float]]:
+               max_grad_norm: float, step: int, precision: str = "no") -> tuple[float, dict[str, float]]:
     with accelerator.accumulate(model):
-        loss, row = step_loss(objectives, model, batch, reference, step)
+        with torch.autocast(accelerator.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            loss, row = step_loss(objectives, model, batch, reference, step)
         accelerator.backward(loss)
         if accelerator.sync_gradients and max_grad_norm > 0:
             accelerator.clip_grad_norm_(trainable, max_grad_norm)

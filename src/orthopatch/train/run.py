@@ -115,7 +115,7 @@ def run_cost(cfg: TrainConfig, result: LoopResult, data: TrainingSet, n_trainabl
             "tokens_per_second": round(tokens / result.wall_seconds, 1) if result.wall_seconds > 0 else None,
             "peak_memory_mb": round(result.peak_memory_mb, 1), "trainable_parameters": n_trainable,
             "device": str(next(result.model.parameters()).device), "processes": result.accelerator.num_processes,
-            "packed": result.packed, "mixed_precision": result.accelerator.mixed_precision,
+            "packed": result.packed, "mixed_precision": result.mixed_precision,
             "weights_dtype": str(next(result.model.parameters()).dtype).removeprefix("torch.")}
 
 

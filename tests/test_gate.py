@@ -276,3 +276,21 @@ def test_generation_reuses_the_gates_pass_and_answers_as_without_it(tiny_model, 
     assert not gates_of(gated)
     torch.testing.assert_close(gated.generate(input_ids=input_ids, attention_mask=attention, **settings),
                                type(gated).generate(gated, input_ids=input_ids, attention_mask=attention, **settings))
+
+
+def test_a_batch_mostly_flagged_stops_the_base_pass_at_the_gates_layer(tiny_model, gated_patch):
+    base, tokenizer, info = load_model(str(tiny_model), device="cpu")
+    gated, _ = apply_patch(copy.deepcopy(base), gated_patch, info.fingerprint)
+    (runtime,) = gates_of(gated)
+    set_patch_scale(gated, 40.0)
+    runtime.gate.threshold = -1e9  # every prompt flagged
+    input_ids, attention = left_pad(chat_prompt_ids(tokenizer, PROMPTS), tokenizer.pad_token_id, "cpu")
+    settings = {"max_new_tokens": 4, "do_sample": False, "pad_token_id": tokenizer.pad_token_id}
+    last = decoder_layers(gated.get_base_model())[-1]
+    assert runtime.gate.layer < len(decoder_layers(gated.get_base_model()))  # the gate reads below the top
+    deepest: list[int] = []
+    last.register_forward_hook(lambda _m, args, _o: deepest.append(1) if args[0].shape[1] > 1 else None)
+    reused = gated.generate(input_ids=input_ids, attention_mask=attention, **settings)
+    assert len(deepest) == 1  # the base pass stopped at the gate; only the patched prefill reached the top
+    assert torch.equal(reused, type(gated).generate(gated, input_ids=input_ids, attention_mask=attention,
+                                                    **settings))

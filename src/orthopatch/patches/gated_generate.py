@@ -2,11 +2,12 @@
 
 A gate reads the base's hidden states at its layer L, which are exactly the first L layers of the base's prefill.
 So the prefill runs once, on the base (every adapter off), and the gate decides inside it, right after layer L:
-- if it flags every row, the pass stops there (the cost of the gate alone, as before) and generation runs as usual;
+- if the rows it flags hold L/N of the batch's tokens or more (N layers), the pass stops there (the cost of the gate
+  alone, as before) and generation runs as usual, each row with its decision;
 - otherwise the pass runs to the end, and the rows the gate passes keep its cache: the gate cost them nothing;
 - the flagged rows are prefilled again with the patch and their cache rows replaced (their share of the base pass
   is the gate's cost); then one decoding loop runs for the whole batch, each row with its gate's decision.
-A gate that reads only text decides before any pass. This applies when every adapter of the model is gated (an
+A gate that reads only text decides with no pass at all. This applies when every adapter of the model is gated (an
 ungated one would change the base's pass) and generation is one plain sequence per prompt; otherwise ``generate``
 runs as without it (the gates then decide in their own partial pass, see :mod:`orthopatch.patches.gate`).
 """
@@ -57,28 +58,33 @@ def flag_rows(runtimes: list, inputs: GateInputs) -> list[torch.Tensor]:
 
 def base_prefill(peft_model, runtimes: list, input_ids: torch.Tensor, attention: torch.Tensor
                  ) -> tuple[list[torch.Tensor], Any]:
-    """The gates' decisions and, unless every row is flagged, the base's cache of the whole prompt."""
+    """The gates' decisions and, where finishing the base's pass is worth it, its cache of the whole prompt.
+
+    At the gate's layer L of N, finishing costs the rest of the base pass for every row (1 - L/N of a prefill) and
+    saves the prefill of the rows the gate passes; stopping costs one masked prefill of every row. So the pass goes
+    on while the flagged rows hold less than L/N of the batch's tokens. A gate on text alone decides with no pass
+    (finishing one would save nothing)."""
     inner = peft_model.get_base_model()
     layers = sorted({layer for runtime in runtimes for layer in runtime.gate.layers})
-    decisions: list[torch.Tensor] = []
     if not layers:
-        decisions = flag_rows(runtimes, GateInputs(input_ids, attention))
-        if all_flagged(decisions):
-            return decisions, None
+        return flag_rows(runtimes, GateInputs(input_ids, attention)), None
+    stack_of_layers = decoder_layers(inner)
+    worth = max(layers) / len(stack_of_layers)
+    decisions: list[torch.Tensor] = []
     with ExitStack() as stack:
         stack.enter_context(peft_model.disable_adapter())
         for runtime in runtimes:
             stack.enter_context(runtime.deciding())
-        if layers:
-            captured = stack.enter_context(captured_layers(inner, layers))
+        captured = stack.enter_context(captured_layers(inner, layers))
 
-            def decide_then_maybe_stop(_module, _inputs, _output):
-                decisions.extend(flag_rows(runtimes, GateInputs(input_ids, attention, captured)))
-                if all_flagged(decisions):
-                    raise Stop
+        def decide_then_maybe_stop(_module, _inputs, _output):
+            decisions.extend(flag_rows(runtimes, GateInputs(input_ids, attention, captured)))
+            flagged = torch.stack(decisions).any(0)
+            if float(attention[flagged].sum()) >= worth * float(attention.sum()):
+                raise Stop
 
-            handle = decoder_layers(inner)[max(layers) - 1].register_forward_hook(decide_then_maybe_stop)
-            stack.callback(handle.remove)
+        handle = stack_of_layers[max(layers) - 1].register_forward_hook(decide_then_maybe_stop)
+        stack.callback(handle.remove)
         extra = {"logits_to_keep": 1} if forward_accepts(inner, "logits_to_keep") else {}
         with suppress(Stop):
             out = inner(input_ids=input_ids, attention_mask=attention, position_ids=positions(attention),
@@ -86,10 +92,6 @@ def base_prefill(peft_model, runtimes: list, input_ids: torch.Tensor, attention:
             cache = out.get("cache")  # transformers >= 5.24; earlier 5.x call it past_key_values
             return decisions, cache if cache is not None else out.get("past_key_values")
     return decisions, None
-
-
-def all_flagged(decisions: list[torch.Tensor]) -> bool:
-    return bool(torch.stack(decisions).any(0).all())
 
 
 def patched_prefill(peft_model, runtimes: list, decisions: list[torch.Tensor], cache, input_ids: torch.Tensor,

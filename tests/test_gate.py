@@ -103,12 +103,18 @@ def test_gated_generation_is_the_base_when_off_and_the_patch_when_on_in_one_batc
     assert not gates_of(gated)
 
 
-def test_a_batch_with_no_flagged_prompt_skips_the_update_and_still_equals_the_base(tiny_model, gated_patch):
+def gated_at_half(tiny_model, gated_patch):
+    """(base, tokenizer, info, gated model, its gate) with a large dose, the gate flagging half of PROMPTS."""
     base, tokenizer, info = load_model(str(tiny_model), device="cpu")
     gated, _ = apply_patch(copy.deepcopy(base), gated_patch, info.fingerprint)
     (runtime,) = gates_of(gated)
     set_patch_scale(gated, 40.0)
     runtime.gate.threshold = threshold_between(runtime, tokenizer, PROMPTS)
+    return base, tokenizer, info, gated, runtime
+
+
+def test_a_batch_with_no_flagged_prompt_skips_the_update_and_still_equals_the_base(tiny_model, gated_patch):
+    base, tokenizer, info, gated, runtime = gated_at_half(tiny_model, gated_patch)
     scores = gate_scores(runtime, tokenizer, PROMPTS)
     off = [p for p, s in zip(PROMPTS, scores, strict=True) if s < runtime.gate.threshold]
     on = [p for p, s in zip(PROMPTS, scores, strict=True) if s >= runtime.gate.threshold]
@@ -247,11 +253,7 @@ def prompt_passes(model) -> list[int]:
 
 
 def test_generation_reuses_the_gates_pass_and_answers_as_without_it(tiny_model, gated_patch):
-    base, tokenizer, info = load_model(str(tiny_model), device="cpu")
-    gated, _ = apply_patch(copy.deepcopy(base), gated_patch, info.fingerprint)
-    (runtime,) = gates_of(gated)
-    set_patch_scale(gated, 40.0)
-    runtime.gate.threshold = threshold_between(runtime, tokenizer, PROMPTS)
+    _, tokenizer, _, gated, runtime = gated_at_half(tiny_model, gated_patch)
     scores = gate_scores(runtime, tokenizer, PROMPTS)
     input_ids, attention = left_pad(chat_prompt_ids(tokenizer, PROMPTS), tokenizer.pad_token_id, "cpu")
     settings = {"max_new_tokens": 6, "do_sample": False, "pad_token_id": tokenizer.pad_token_id}
@@ -279,10 +281,7 @@ def test_generation_reuses_the_gates_pass_and_answers_as_without_it(tiny_model, 
 
 
 def test_a_batch_mostly_flagged_stops_the_base_pass_at_the_gates_layer(tiny_model, gated_patch):
-    base, tokenizer, info = load_model(str(tiny_model), device="cpu")
-    gated, _ = apply_patch(copy.deepcopy(base), gated_patch, info.fingerprint)
-    (runtime,) = gates_of(gated)
-    set_patch_scale(gated, 40.0)
+    _, tokenizer, _, gated, runtime = gated_at_half(tiny_model, gated_patch)
     runtime.gate.threshold = -1e9  # every prompt flagged
     input_ids, attention = left_pad(chat_prompt_ids(tokenizer, PROMPTS), tokenizer.pad_token_id, "cpu")
     settings = {"max_new_tokens": 4, "do_sample": False, "pad_token_id": tokenizer.pad_token_id}

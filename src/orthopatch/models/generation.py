@@ -30,6 +30,17 @@ def forward_accepts(model, argument: str) -> bool:
     return argument in inspect.signature(inner.forward).parameters
 
 
+def output_cache(output):
+    """The KV cache a forward pass returned (``cache`` since transformers 5.24, ``past_key_values`` before)."""
+    cache = output.get("cache")
+    return cache if cache is not None else output.get("past_key_values")
+
+
+def cache_argument(model) -> str:
+    """The name ``generate`` takes a ready cache under (the old name warns on transformers >= 5.24)."""
+    return "cache" if forward_accepts(model, "cache") else "past_key_values"
+
+
 def chat_prompt_ids(tokenizer, prompts: list[str]) -> list[list[int]]:
     ids = []
     for prompt in prompts:
@@ -108,8 +119,7 @@ def prefix_cache(model, rows: list[list[int]], device):
         return 0, None
     out = model(input_ids=torch.tensor([rows[0][:shared]], device=device), use_cache=True,
                 **({"logits_to_keep": 1} if forward_accepts(model, "logits_to_keep") else {}))
-    cache = out.get("cache")  # transformers >= 5.24; earlier 5.x call it past_key_values
-    cache = cache if cache is not None else out.get("past_key_values")
+    cache = output_cache(out)
     if cache is None or not hasattr(cache, "batch_repeat_interleave"):
         return 0, None
     cache.batch_repeat_interleave(len(rows))
@@ -133,7 +143,7 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int = 32, 
     common opening once (not for a model whose forward decides per prompt, such as a gated patch's)."""
     ids = chat_prompt_ids(tokenizer, prompts)
     out: list[str] = [""] * len(ids)
-    cache_name = "cache" if forward_accepts(model, "cache") else "past_key_values"
+    cache_name = cache_argument(model)
     for chunk in tqdm(batches(ids, batch_size, token_budget, max_new_tokens), desc=desc, disable=not progress,
                       file=sys.stderr):
         rows = [ids[i] for i in chunk]

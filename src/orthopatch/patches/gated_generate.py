@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from orthopatch.models.generation import forward_accepts
+from orthopatch.models.generation import cache_argument, forward_accepts, output_cache
 from orthopatch.patches.gates import GateInputs
 from orthopatch.patches.hidden_pass import Stop, captured_layers, decoder_layers
 
@@ -89,8 +89,7 @@ def base_prefill(peft_model, runtimes: list, input_ids: torch.Tensor, attention:
         with suppress(Stop):
             out = inner(input_ids=input_ids, attention_mask=attention, position_ids=positions(attention),
                         use_cache=True, **extra)
-            cache = out.get("cache")  # transformers >= 5.24; earlier 5.x call it past_key_values
-            return decisions, cache if cache is not None else out.get("past_key_values")
+            return decisions, output_cache(out)
     return decisions, None
 
 
@@ -106,9 +105,7 @@ def patched_prefill(peft_model, runtimes: list, decisions: list[torch.Tensor], c
     extra = {"logits_to_keep": 1} if forward_accepts(peft_model.get_base_model(), "logits_to_keep") else {}
     out = peft_model(input_ids=input_ids[rows, start:], attention_mask=sub_attention,
                      position_ids=positions(sub_attention), use_cache=True, **extra)
-    patched = out.get("cache")
-    patched = patched if patched is not None else out.get("past_key_values")
-    for layer, sub in zip(cache.layers, patched.layers, strict=True):
+    for layer, sub in zip(cache.layers, output_cache(out).layers, strict=True):
         for name in ("keys", "values"):
             full = getattr(layer, name)
             full[rows] = 0  # the columns left of the sub-batch are padding: masked, never read
@@ -128,8 +125,7 @@ def generate_reusing_gate_pass(peft_model, plain_generate, runtimes: list, **kwa
         if bool(flagged.any()):
             patched_prefill(peft_model, runtimes, decisions, cache, input_ids, attention, flagged)
         cache.crop(-1)  # generate computes the last prompt token again, with the cache before it
-        # transformers 5.24 renamed generate's past_key_values to cache (the old name warns); older 5.x know only it
-        extra["cache" if forward_accepts(peft_model.get_base_model(), "cache") else "past_key_values"] = cache
+        extra[cache_argument(peft_model.get_base_model())] = cache
     for runtime, decided in zip(runtimes, decisions, strict=True):
         runtime.preset(decided)
     return plain_generate(input_ids=input_ids, attention_mask=attention, **extra, **kwargs)

@@ -30,6 +30,7 @@ from orthopatch.train.run import train_patch
 from tests.conftest import save_tiny
 
 RECORDED_WITH = {"torch": "2.13.0+cpu", "transformers": "5.24.0", "tokenizers": "0.23.3", "peft": "0.21.2"}
+RECORDED_THREADS = 2  # torch's intra-op threads when they were recorded (the 2-core reference machine)
 BEFORE = {
     "lora-sft": ({}, "0a118520505462b1638459b1d3602293aa1a9fda7b69adb9660278fe766b151f"),
     "full-sft": ({"method": "full-sft", "lr": 1e-3}, "a9c2bd3aa85973852e6edc946442f59e9c1a575c29afd0315bb44d468674b17a"),
@@ -65,6 +66,16 @@ def train(case: str, model, data, output):
     out = train_patch(make(TrainConfig, **settings), progress=False)
     files = json.loads((out / "orthopatch.json").read_text())["files"]
     return files.get("adapter_model.safetensors") or files["model.safetensors"]
+
+
+@pytest.fixture(autouse=True)
+def recorded_threads():
+    """Float sums depend on how many threads split them: train with the thread count the hashes were recorded with
+    (the test workers run with one)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(RECORDED_THREADS)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-from orthopatch.models.generation import left_pad
+from orthopatch.models.generation import cache_argument, left_pad
 from orthopatch.patches.gate import captured_layers
 from orthopatch.patches.routing import RowMask
 from orthopatch.serve.jobs import Job, next_tokens
@@ -80,7 +80,7 @@ class Batch:
         for mask, rows in zip(self.masks, flags, strict=True):
             mask.set(rows)
         return self.model(input_ids=input_ids, attention_mask=attention, position_ids=position,
-                          past_key_values=cache, use_cache=True, **kwargs).logits[:, -1]
+                          **{cache_argument(self.model): cache}, use_cache=True, **kwargs).logits[:, -1]
 
     @torch.no_grad()
     def prefill(self, jobs: list[Job], flags: list[torch.Tensor], capture: list[int] = ()) -> Prefill:

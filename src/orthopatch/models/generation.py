@@ -9,6 +9,7 @@ token. A batch holds up to ``batch_size`` prompts, fewer where their tokens woul
 
 from __future__ import annotations
 
+import functools
 import inspect
 import sys
 
@@ -27,7 +28,13 @@ def forward_accepts(model, argument: str) -> bool:
     while hasattr(model, "module") and not hasattr(model, "get_base_model"):  # DDP and similar wrappers
         model = model.module
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return argument in inspect.signature(inner.forward).parameters
+    return argument in forward_parameters(type(inner))
+
+
+@functools.cache
+def forward_parameters(model_class: type) -> frozenset[str]:
+    """The names a model class's forward takes (asked on every training step and generation batch)."""
+    return frozenset(inspect.signature(model_class.forward).parameters)
 
 
 def output_cache(output):

@@ -4,8 +4,10 @@ sources, and leaving one source out never lets a held-out source into fitting (c
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 
+import pytest
 import torch
 
 from orthopatch.config import make
@@ -13,11 +15,13 @@ from orthopatch.data.registry import load_dataset
 from orthopatch.data.splits import get_split
 from orthopatch.data.templates import apply_template
 from orthopatch.data.varied import GENERATORS, REPHRASINGS
+from orthopatch.errors import UserError
 from orthopatch.patches.gate import Gate
 from orthopatch.patches.gates import HiddenStates, LinearHead
 from orthopatch.train.config import CONTRAST, TrainConfig
-from orthopatch.train.gate import gate_data, one_standard_error
+from orthopatch.train.gate import data_options, gate_data, one_standard_error
 from orthopatch.train.gate_selection import error_table, leave_one_source_out, summary
+from tests.conftest import train_gated_patch
 
 
 def test_varied_benign_prompts_are_split_by_generator_and_cover_every_category():
@@ -142,3 +146,35 @@ def test_the_standard_error_of_the_out_of_source_mean_is_over_sources():
     assert out["balanced_error_out_of_source"] == 0.25
     expected = ((0.02 / 2 + 0.02 / 2) ** 0.5) / 2  # sample variance 0.02 per class, two sources each
     assert abs(out["standard_error_out_of_source"] - expected) < 1e-4
+
+
+def test_without_its_extra_data_a_candidate_fits_on_none_of_it_and_is_judged_on_it_all_the_same():
+    settings = make(TrainConfig, gate={"enabled": True, "max_per_set": 20, "rephrase": 0.5, "selection":
+                                       "out-of-source", "extra": ["varied_benign", "trivia", "rephrase"]}).gate
+    data = gate_data(settings, 0, 0)
+    options = data_options(settings, data)
+    assert list(options) == ["without extra", "with extra"] and bool(options["with extra"].all())
+    rows = list(zip(data.train_sources, data.train_origins, strict=True))
+    extra = [o in ("varied_benign", "trivia") or s.startswith("rephrased/") for s, o in rows]
+    assert any(extra) and options["without extra"].tolist() == [not e for e in extra]
+    wrapped_extra = [s == "wrapped benign" and o in ("varied_benign", "trivia") for s, o in rows]
+    assert any(wrapped_extra)  # a wrapped copy of an extra prompt leaves with it
+    validation = set(data.validation_benign) | set(data.validation_harmful_sources)
+    assert "trivia" in validation and any(s.startswith(("rephrased/", "varied_benign/")) for s in validation)
+    plain = make(TrainConfig, gate={"enabled": True, "max_per_set": 20}).gate
+    assert list(data_options(plain, gate_data(plain, 0, 0))) == ["all"]
+
+
+def test_extra_data_needs_out_of_source_selection_and_a_rephrasing_share():
+    with pytest.raises(UserError, match="out-of-source"):
+        make(TrainConfig, gate={"enabled": True, "extra": ["trivia"]})
+    with pytest.raises(UserError, match="rephrase"):
+        make(TrainConfig, gate={"enabled": True, "selection": "out-of-source", "extra": ["rephrase"]})
+
+
+def test_a_gate_is_chosen_with_or_without_its_extra_data_and_says_which(tiny_model, tmp_path):
+    patch = train_gated_patch(tiny_model, tmp_path, selection="out-of-source", extra=["trivia"])
+    info = json.loads((patch / "gate.json").read_text())
+    tried = {c["data"] for c in info["selection"]["candidates"]}
+    assert tried == {"without extra", "with extra"} and info["data"] in tried
+    assert info["fitted_on"]["extra"] == ["trivia"] and "trivia" in info["out_of_source"]["sources"]

@@ -107,6 +107,10 @@ class GateSettings:
     # role-play, multi-step; train-split templates to fit, validation-split ones to choose); off by default: measured
     # with 0.5, the gates it produced flagged more benign-sensitive prompts (README)
     rephrase: float = num(0.0, ge=0, le=1)
+    # training data the selection may add (issue 23): benign set names, and "rephrase" for the rephrased copies.
+    # Their validation prompts always take part, so every candidate probe is tried without and with them and judged
+    # on the same sources; data that does not help on sources held out of fitting is left out.
+    extra: list[str] = field(default_factory=list)
     # "in-source": choose layer, pooling and penalty by the benign validation prompts flagged (the sources the probe
     # was fitted on: what the shipped recipe was measured with); "out-of-source": by the error on sources left out
     # of fitting one at a time. Either way gate.json reports the chosen probe's error in and out of source.
@@ -125,6 +129,18 @@ class GateSettings:
     recall: float = num(0.95, gt=0, le=1)
     max_per_set: int | None = num(150, **CAP)  # prompts per set and split, for the cost of reading features
     batch_size: int = num(16, **POSITIVE)
+
+    @property
+    def fitting_benign(self) -> list[str]:
+        """The benign sets whose train splits the gate may be fitted on: ``benign`` and those named in ``extra``."""
+        return self.benign + [name for name in self.extra if name != "rephrase" and name not in self.benign]
+
+    def check(self) -> None:
+        if "rephrase" in self.extra and self.rephrase == 0:
+            raise UserError("extra names the rephrased copies; give them a share (gate.rephrase > 0)", field="extra")
+        if self.extra and self.selection != "out-of-source":
+            raise UserError("extra data is kept only where it helps on held-out sources; it needs "
+                            "selection: out-of-source", field="extra")
 
 
 def _choice(value: str, allowed: tuple[str, ...]) -> None:

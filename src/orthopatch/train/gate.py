@@ -82,7 +82,7 @@ def _split_records(settings: GateSettings, split: str, seed: int, split_seed: in
         return [(name, dataclasses.replace(r, meta={**r.meta, "origin": name}))
                 for r in _capped(read(name, benign), settings.max_per_set)]
 
-    benign_names = settings.benign + (settings.validation_benign if split != "train" else [])
+    benign_names = settings.fitting_benign + (settings.validation_benign if split != "train" else [])
     harmful = [pair for n in settings.harmful for pair in drawn(n, False)]
     benign = [pair for n in benign_names for pair in drawn(n, True)]
     direct = [r for _, r in harmful]
@@ -93,7 +93,7 @@ def _split_records(settings: GateSettings, split: str, seed: int, split_seed: in
         copies += [("harmful", r) for r in wrapped_copies(direct, settings.rephrase, seed, split, split_seed, chars,
                                                           source="rephrasings")]
     if settings.wrap and (split != "train" or settings.wrap_benign):
-        benign += [("benign", r) for r in wrapped_copies([r for n, r in benign if n in settings.benign],
+        benign += [("benign", r) for r in wrapped_copies([r for n, r in benign if n in settings.fitting_benign],
                                                          settings.wrap, seed, split, split_seed, chars)]
     return [(source_of(n, r), r) for n, r in harmful + copies], [(source_of(n, r), r) for n, r in benign]
 
@@ -108,6 +108,7 @@ def gate_data(settings: GateSettings, seed: int, split_seed: int) -> GateData:
         val_benign.setdefault(source, []).append(record.prompt)
     records = lambda pairs: [r for _, r in pairs]  # noqa: E731
     provenance = {"harmful": settings.harmful, "benign": settings.benign,
+                  **({"extra": settings.extra} if settings.extra else {}),
                   "validation_benign": settings.validation_benign, "wrap": settings.wrap,
                   "wrap_benign": settings.wrap_benign, "rephrase": settings.rephrase,
                   "n_train": {"harmful": len(train_harmful), "benign": len(train_benign)},
@@ -223,33 +224,50 @@ def fit_gate(model, tokenizer, settings: GateSettings, data: GateData, progress:
     known = data.train_sources is not None
     loso = settings.selection == "out-of-source" and known
     val_names = ["harmful", *data.validation_benign]
+    options = data_options(settings, data)
 
-    def out_of_source(gate: Gate, features: tuple[Feature, ...]) -> dict[str, Any]:
+    def out_of_source(gate: Gate, features: tuple[Feature, ...], rows: torch.Tensor) -> dict[str, Any]:
         head = HEADS[gate.head.kind]
+        kept = rows.nonzero().flatten().tolist()
         return leave_one_source_out(lambda X_, y_, l2_: head.fit(X_, y_, l2_, LOSO_STEPS), gate,
-                                    (m.of(features, "train"), m.y, data.train_sources),
-                                    (m.of(features, "validation"), m.y_val, m.val_sources),
-                                    gate.info["l2"], settings.recall, data.train_origins)
+                                    (m.of(features, "train")[rows], m.y[rows], [data.train_sources[i] for i in kept]),
+                                    (m.of(features, "validation"), m.y_val, m.val_sources), gate.info["l2"],
+                                    settings.recall, [(data.train_origins or data.train_sources)[i] for i in kept])
 
     candidates = []
-    for index, features in enumerate(combos):
-        X, X_val = m.of(features, "train"), m.of(features, "validation")
+    for (index, features), (option, (name, rows)) in itertools.product(enumerate(combos), enumerate(options.items())):
+        X, X_val = m.of(features, "train")[rows], m.of(features, "validation")
         val = {name: X_val[m.bounds[i]:m.bounds[i + 1]] for i, name in enumerate(val_names)}
         for head_kind, l2 in itertools.product(settings.heads, settings.l2):
-            gate = Gate(list(features), HEADS[head_kind].fit(X, m.y, l2), 0.0, {}, reader)
+            gate = Gate(list(features), HEADS[head_kind].fit(X, m.y[rows], l2), 0.0, {}, reader)
             gate.threshold = recall_threshold(gate.logits(val["harmful"]), settings.recall)
             report = evaluate_probe(gate, val, "harmful")
-            gate.info = {"l2": l2, "validation": report}
-            key = (report["false_positive_rate"], -report["auroc"], index, settings.heads.index(head_kind), l2)
+            gate.info = {"l2": l2, **({"data": name} if settings.extra else {}), "validation": report}
+            key = (report["false_positive_rate"], -report["auroc"], index, option, settings.heads.index(head_kind),
+                   l2)
             if loso:
-                gate.info["out_of_source"] = out_of_source(gate, features)
-            candidates.append((key, gate, features))
-    _, best, best_features = one_standard_error(candidates) if loso else min(candidates, key=lambda c: c[0])
+                gate.info["out_of_source"] = out_of_source(gate, features, rows)
+            candidates.append((key, gate, features, rows))
+    _, best, best_features, best_rows = one_standard_error(candidates) if loso else min(candidates,
+                                                                                         key=lambda c: c[0])
     if known and not loso:  # chosen in source; its out-of-source error is still measured and reported
-        best.info["out_of_source"] = out_of_source(best, best_features)
+        best.info["out_of_source"] = out_of_source(best, best_features, best_rows)
     best.info = {**best.info, "fitted_on": data.provenance, "selection": _selection(settings, loso, candidates),
                  "fit_seconds": round(time.perf_counter() - start, 1)}
     return best
+
+
+def data_options(settings: GateSettings, data: GateData) -> dict[str, torch.Tensor]:
+    """The training rows each candidate probe is fitted on: all of them, and with ``extra`` also all but the extra
+    data (the extra sets' prompts and their wrapped copies, the rephrased copies) so that selection can leave it out."""
+    every = torch.ones(len(data.train_harmful) + len(data.train_benign), dtype=torch.bool)
+    if not settings.extra or data.train_sources is None:
+        return {"all": every}
+    extra_sets = set(settings.fitting_benign) - set(settings.benign)
+    origins = data.train_origins or data.train_sources
+    optional = torch.tensor([origin in extra_sets or ("rephrase" in settings.extra and source.startswith("rephrased/"))
+                             for source, origin in zip(data.train_sources, origins, strict=True)])
+    return {"without extra": ~optional, "with extra": every}
 
 
 def one_standard_error(candidates: list) -> tuple:
@@ -271,7 +289,8 @@ def _selection(settings: GateSettings, loso: bool, candidates: list) -> dict[str
         f", at the threshold keeping {settings.recall:g} of the harmful validation prompts; then the highest AUROC"
     return {"rule": rule, "mode": "out-of-source" if loso else "in-source",
             "candidates": [{"features": g.describe(), "layer": g.layer, "head": g.head.kind, "l2": g.info["l2"],
+                            **({"data": g.info["data"]} if "data" in g.info else {}),
                             "false_positive_rate": g.info["validation"]["false_positive_rate"],
                             "auroc": g.info["validation"]["auroc"],
                             **({k: v for k, v in g.info["out_of_source"].items() if k != "sources"} if loso else {})}
-                           for _, g, _ in candidates]}
+                           for _, g, _, _ in candidates]}

@@ -6,6 +6,7 @@ import json
 from orthopatch.evaluate import runner
 from orthopatch.recipes import selective
 from orthopatch.recipes.selective import SelectiveConfig, choose, identical_share, run_selective, targets_met
+from orthopatch.report.selective_report import gate_sentence
 
 TINY_TRAIN = {"max_examples": 8, "batch_size": 4, "retain": {"batch_size": 4},
               "gate": {"max_per_set": 6, "layers": [0.5], "l2": [1e-2], "wrap": 0.5}}
@@ -73,3 +74,10 @@ def test_identical_share_compares_benign_answers_by_set_and_id():
     patched = [{**base[0]}, {**base[1], "response": "I can't help with that."}, {**base[2], "response": "no"}]
     assert identical_share(base, patched) == 0.5
     assert identical_share(base, [s for s in patched if s["group"] == "harmful"]) is None
+
+
+def test_the_gate_sentence_says_whether_the_extra_data_was_kept():
+    gate = {"chosen": "linear probe on hidden states of layer 2 (last pooling)", "l2": 0.1, "mode": "out-of-source",
+            "rule": "the rule"}
+    assert "gate.extra" not in gate_sentence("gated", gate)
+    assert "(L2 0.1, fitted with extra (gate.extra))" in gate_sentence("gated", {**gate, "data": "with extra"})

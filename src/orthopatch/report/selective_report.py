@@ -51,7 +51,8 @@ def markdown(record: dict[str, Any]) -> str:
 
 
 def gate_sentence(family: str, gate: dict[str, Any]) -> str:
-    return f"The {family} family's gate: {gate['chosen']} (L2 {gate['l2']}), chosen {gate['mode']}: {gate['rule']}."
+    data = f", fitted {gate['data']} (gate.extra)" if gate.get("data") else ""
+    return f"The {family} family's gate: {gate['chosen']} (L2 {gate['l2']}{data}), chosen {gate['mode']}: {gate['rule']}."
 
 
 def source_table(report: dict[str, Any], family: str) -> Table:

@@ -52,7 +52,8 @@ def markdown(record: dict[str, Any]) -> str:
 
 def gate_sentence(family: str, gate: dict[str, Any]) -> str:
     data = f", fitted {gate['data']} (gate.extra)" if gate.get("data") else ""
-    return f"The {family} family's gate: {gate['chosen']} (L2 {gate['l2']}{data}), chosen {gate['mode']}: {gate['rule']}."
+    return (f"The {family} family's gate: {gate['chosen']} (L2 {gate['l2']}{data}), chosen {gate['mode']}: "
+            f"{gate['rule']}.")
 
 
 def source_table(report: dict[str, Any], family: str) -> Table:

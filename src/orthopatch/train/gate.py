@@ -235,14 +235,15 @@ def fit_gate(model, tokenizer, settings: GateSettings, data: GateData, progress:
                                     settings.recall, [(data.train_origins or data.train_sources)[i] for i in kept])
 
     candidates = []
-    for (index, features), (option, (name, rows)) in itertools.product(enumerate(combos), enumerate(options.items())):
+    for (index, features), (option, (option_name, rows)) in itertools.product(enumerate(combos),
+                                                                             enumerate(options.items())):
         X, X_val = m.of(features, "train")[rows], m.of(features, "validation")
         val = {name: X_val[m.bounds[i]:m.bounds[i + 1]] for i, name in enumerate(val_names)}
         for head_kind, l2 in itertools.product(settings.heads, settings.l2):
             gate = Gate(list(features), HEADS[head_kind].fit(X, m.y[rows], l2), 0.0, {}, reader)
             gate.threshold = recall_threshold(gate.logits(val["harmful"]), settings.recall)
             report = evaluate_probe(gate, val, "harmful")
-            gate.info = {"l2": l2, **({"data": name} if settings.extra else {}), "validation": report}
+            gate.info = {"l2": l2, **({"data": option_name} if settings.extra else {}), "validation": report}
             key = (report["false_positive_rate"], -report["auroc"], index, option, settings.heads.index(head_kind),
                    l2)
             if loso:

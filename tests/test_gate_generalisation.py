@@ -16,12 +16,13 @@ from orthopatch.data.splits import get_split
 from orthopatch.data.templates import apply_template
 from orthopatch.data.varied import GENERATORS, REPHRASINGS
 from orthopatch.errors import UserError
+from orthopatch.models.generation import Unformatted, chat_prompt_ids
 from orthopatch.patches.gate import Gate
 from orthopatch.patches.gates import HiddenStates, LinearHead
 from orthopatch.train.config import CONTRAST, TrainConfig
 from orthopatch.train.gate import data_options, gate_data, one_standard_error
 from orthopatch.train.gate_selection import error_table, leave_one_source_out, summary
-from tests.conftest import train_gated_patch
+from tests.conftest import build_tokenizer, train_gated_patch
 
 
 def test_varied_benign_prompts_are_split_by_generator_and_cover_every_category():
@@ -178,3 +179,34 @@ def test_a_gate_is_chosen_with_or_without_its_extra_data_and_says_which(tiny_mod
     tried = {c["data"] for c in info["selection"]["candidates"]}
     assert tried == {"without extra", "with extra"} and info["data"] in tried
     assert info["fitted_on"]["extra"] == ["trivia"] and "trivia" in info["out_of_source"]["sources"]
+
+
+def test_unformatted_prompts_are_read_as_they_are():
+    tokenizer = build_tokenizer()
+    text = "a passage of plain prose"
+    assert chat_prompt_ids(tokenizer, [Unformatted(text)]) == [tokenizer(text)["input_ids"]]
+    assert chat_prompt_ids(tokenizer, [text]) != [tokenizer(text)["input_ids"]]  # a chat message is templated
+
+
+def test_gate_data_reads_a_share_of_prompts_and_raw_text_passages_unformatted():
+    settings = make(TrainConfig, gate={"enabled": True, "max_per_set": 20, "raw": 0.5,
+                                       "raw_text": ["book_cloze"]}).gate
+    data = gate_data(settings, 0, 0)
+    rows = list(zip(data.train_harmful + data.train_benign, data.train_sources, data.train_origins, strict=True))
+    copies = [(s, o) for p, s, o in rows if s.startswith("unformatted ")]
+    assert {s for s, _ in copies} == {"unformatted harmful", "unformatted benign"}
+    assert {o for s, o in copies if s == "unformatted harmful"} <= set(settings.harmful)  # each keeps its origin
+    assert all(isinstance(p, Unformatted) for p, s, _ in rows if s.startswith("unformatted ") or s == "book_cloze")
+    assert sum(s == "book_cloze" for _, s, _ in rows) == 20
+    assert not any(isinstance(p, Unformatted) for p, s, _ in rows if s == "advbench")
+    validation = data.validation_benign
+    assert len(validation["book_cloze"]) == 20 and all(isinstance(p, Unformatted) for p in validation["book_cloze"])
+    assert "unformatted harmful" in data.validation_harmful_sources
+    assert not {p for p, _, _ in rows} & set(validation["book_cloze"])  # passages split apart
+
+
+def test_a_gate_fitted_with_raw_text_reports_its_error_on_it(tiny_model, tmp_path):
+    patch = train_gated_patch(tiny_model, tmp_path, raw=0.5, raw_text=["book_cloze"])
+    info = json.loads((patch / "gate.json").read_text())
+    assert info["fitted_on"]["raw_text"] == ["book_cloze"] and info["fitted_on"]["raw"] == 0.5
+    assert "book_cloze" in info["validation"]["flagged_per_set"]

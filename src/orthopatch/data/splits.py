@@ -17,13 +17,14 @@ from orthopatch.errors import UserError
 SPLITS = ("train", "validation", "test")
 
 
-def _unit_interval(key: str, seed: int) -> float:
+def unit_interval(key: str, seed: int) -> float:
+    """A number in [0, 1) fixed by ``key`` and ``seed``: seeded, order-free choices of splits and shares."""
     digest = hashlib.sha256(f"orthopatch-split:{seed}:{key}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
 def assign_split(prompt: str, fractions: dict[str, float], seed: int = 0) -> str:
-    u = _unit_interval(normalise(prompt), seed)
+    u = unit_interval(normalise(prompt), seed)
     edge = 0.0
     for name in SPLITS:
         edge += fractions.get(name, 0.0)
@@ -53,7 +54,7 @@ def get_split(dataset: Dataset, split: str, seed: int = 0, limit: int | None = N
         raise UserError(f"dataset {dataset.name!r} has no {split!r} split (it may be used for: {allowed})")
     records = split_records(dataset.records, dataset.spec.splits, seed)[split]
     # A stable pseudo-random order (by hash), so that a prefix is a fair sample rather than the file's first lines.
-    records = sorted(records, key=lambda r: _unit_interval("order:" + r.id, seed))
+    records = sorted(records, key=lambda r: unit_interval("order:" + r.id, seed))
     return records[:limit] if limit is not None else records
 
 

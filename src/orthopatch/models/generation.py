@@ -48,9 +48,17 @@ def cache_argument(model) -> str:
     return "cache" if forward_accepts(model, "cache") else "past_key_values"
 
 
+class Unformatted(str):
+    """A prompt read as it is, without the chat template: raw text, as a completion endpoint or a perplexity pass
+    feeds the model (a gate sees those too, so it is fitted and validated on some)."""
+
+
 def chat_prompt_ids(tokenizer, prompts: list[str]) -> list[list[int]]:
     ids = []
     for prompt in prompts:
+        if isinstance(prompt, Unformatted):
+            ids.append(tokenizer(str(prompt))["input_ids"])
+            continue
         text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
                                              add_generation_prompt=True)
         ids.append(tokenizer(text, add_special_tokens=False)["input_ids"])

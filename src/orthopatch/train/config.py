@@ -107,6 +107,11 @@ class GateSettings:
     # role-play, multi-step; train-split templates to fit, validation-split ones to choose); off by default: measured
     # with 0.5, the gates it produced flagged more benign-sensitive prompts (README)
     rephrase: float = num(0.0, ge=0, le=1)
+    # copies of this share of the prompts (harmful and benign) read without the chat template, and the passages of
+    # the raw-text sets ``raw_text`` as benign rows: a gate also decides on raw text (perplexity passes, a completion
+    # endpoint), which read unformatted lies far from every chat-formatted prompt it was fitted on
+    raw: float = num(0.0, ge=0, le=1)
+    raw_text: list[str] = field(default_factory=list)
     # training data the selection may add (issue 23): benign set names, and "rephrase" for the rephrased copies.
     # Their validation prompts always take part, so every candidate probe is tried without and with them and judged
     # on the same sources; data that does not help on sources held out of fitting is left out.

@@ -24,9 +24,9 @@ from tqdm.auto import tqdm
 from orthopatch.data.assemble import benign_prompts, training_records, wrapped_copies
 from orthopatch.data.registry import records_hash
 from orthopatch.data.schema import Record
-from orthopatch.data.splits import named_split
+from orthopatch.data.splits import named_split, unit_interval
 from orthopatch.errors import UserError
-from orthopatch.models.generation import chat_prompt_ids, left_pad
+from orthopatch.models.generation import Unformatted, chat_prompt_ids, left_pad
 from orthopatch.models.probes import auroc
 from orthopatch.patches.gate import decoder_layers, gate_inputs
 from orthopatch.patches.gates import FEATURES, HEADS, Feature, Gate, PromptReader
@@ -57,6 +57,8 @@ def _capped(records: list[Record], cap: int | None) -> list[Record]:
 def source_of(name: str, record: Record) -> str:
     """A prompt's source: its set, or the kind within a project-written set (so that a whole category can be held
     out), or the template family that wrapped it."""
+    if record.meta.get("unformatted"):
+        return "unformatted " + ("harmful" if name == "harmful" else "benign")
     template = record.meta.get("template", "")
     if template.startswith("rephrase:"):
         return "rephrased/" + template.split(":")[1]
@@ -95,7 +97,21 @@ def _split_records(settings: GateSettings, split: str, seed: int, split_seed: in
     if settings.wrap and (split != "train" or settings.wrap_benign):
         benign += [("benign", r) for r in wrapped_copies([r for n, r in benign if n in settings.fitting_benign],
                                                          settings.wrap, seed, split, split_seed, chars)]
+    if settings.raw:
+        copies += [("harmful", r) for r in unformatted_copies(direct, settings.raw, seed, split)]
+        benign += [("benign", r) for r in unformatted_copies([r for n, r in benign if n in settings.fitting_benign],
+                                                             settings.raw, seed, split)]
+    benign += [(name, dataclasses.replace(r, prompt=Unformatted(r.prompt), meta={**r.meta, "origin": name}))
+               for name in settings.raw_text for r in _capped(named_split(name, split, split_seed)[1],
+                                                              settings.max_per_set)]
     return [(source_of(n, r), r) for n, r in harmful + copies], [(source_of(n, r), r) for n, r in benign]
+
+
+def unformatted_copies(records: list[Record], share: float, seed: int, split: str) -> list[Record]:
+    """Copies of a seeded ``share`` of ``records`` read without the chat template (each keeps its origin)."""
+    return [dataclasses.replace(r, id=f"{r.id}|unformatted", prompt=Unformatted(r.prompt),
+                                meta={**r.meta, "unformatted": True})
+            for r in records if unit_interval(f"unformatted:{split}:{r.id}", seed) < share]
 
 
 def gate_data(settings: GateSettings, seed: int, split_seed: int) -> GateData:
@@ -109,6 +125,8 @@ def gate_data(settings: GateSettings, seed: int, split_seed: int) -> GateData:
     records = lambda pairs: [r for _, r in pairs]  # noqa: E731
     provenance = {"harmful": settings.harmful, "benign": settings.benign,
                   **({"extra": settings.extra} if settings.extra else {}),
+                  **({"raw": settings.raw, "raw_text": settings.raw_text} if settings.raw or settings.raw_text
+                     else {}),
                   "validation_benign": settings.validation_benign, "wrap": settings.wrap,
                   "wrap_benign": settings.wrap_benign, "rephrase": settings.rephrase,
                   "n_train": {"harmful": len(train_harmful), "benign": len(train_benign)},

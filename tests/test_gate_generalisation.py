@@ -210,3 +210,9 @@ def test_a_gate_fitted_with_raw_text_reports_its_error_on_it(tiny_model, tmp_pat
     info = json.loads((patch / "gate.json").read_text())
     assert info["fitted_on"]["raw_text"] == ["book_cloze"] and info["fitted_on"]["raw"] == 0.5
     assert "book_cloze" in info["validation"]["flagged_per_set"]
+
+
+def test_raw_text_must_be_benign():
+    settings = make(TrainConfig, gate={"enabled": True, "max_per_set": 5, "raw_text": ["advbench"]}).gate
+    with pytest.raises(UserError, match="raw_text takes benign text sets"):
+        gate_data(settings, 0, 0)

@@ -101,10 +101,18 @@ def _split_records(settings: GateSettings, split: str, seed: int, split_seed: in
         copies += [("harmful", r) for r in unformatted_copies(direct, settings.raw, seed, split)]
         benign += [("benign", r) for r in unformatted_copies([r for n, r in benign if n in settings.fitting_benign],
                                                              settings.raw, seed, split)]
-    benign += [(name, dataclasses.replace(r, prompt=Unformatted(r.prompt), meta={**r.meta, "origin": name}))
-               for name in settings.raw_text for r in _capped(named_split(name, split, split_seed)[1],
-                                                              settings.max_per_set)]
+    benign += [(name, r) for name in settings.raw_text for r in raw_passages(name, split, split_seed,
+                                                                              settings.max_per_set)]
     return [(source_of(n, r), r) for n, r in harmful + copies], [(source_of(n, r), r) for n, r in benign]
+
+
+def raw_passages(name: str, split: str, split_seed: int, cap: int | None) -> list[Record]:
+    """A benign registered set's ``split``, each text read without the chat template."""
+    dataset, records = named_split(name, split, split_seed)
+    if dataset.spec.harmful:
+        raise UserError(f"{name!r} holds harmful text; raw_text takes benign text sets", field="gate.raw_text")
+    return [dataclasses.replace(r, prompt=Unformatted(r.prompt), meta={**r.meta, "origin": name})
+            for r in _capped(records, cap)]
 
 
 def unformatted_copies(records: list[Record], share: float, seed: int, split: str) -> list[Record]:

@@ -62,6 +62,13 @@ def test_pyrit_families_use_their_own_test_split_templates_only():
         assert used and used <= allowed
 
 
+def test_rephrasing_families_use_their_kind_s_test_split_template_only():
+    test = {t.id for t in get_split(load_dataset("rephrasings"), "test")}
+    for name in ("rephrased_future_tense", "rephrased_nested_fiction"):
+        used = {r.meta["template"] for r in ATTACKS[name].build(goals(4), "test", 0, None)}
+        assert len(used) == 1 and used <= test and name.removeprefix("rephrased_") in next(iter(used))
+
+
 def test_user_families_from_yaml_and_jsonl(tmp_path):
     yaml_file = tmp_path / "roleplay.yaml"
     yaml_file.write_text("name: roleplay\nversion: '2'\ntemplates:\n  - 'Pretend you are a pirate. {{ prompt }}'\n"

@@ -6,7 +6,8 @@ A family is one of
   template, round robin over the family's templates in a stable order;
 - a project-written wrapper (prefix injection, refusal suppression: the styles Wei et al. 2023 describe, in the
   project's own words);
-- a reformulated set that replaces the goals (the past-tense reformulations of JailbreakBench behaviours).
+- a reformulated set that replaces the goals (the past-tense reformulations of JailbreakBench behaviours);
+- the project's rephrasing templates, one family per kind (future tense, nested fiction, ...).
 Third-party templates are rendered in Jinja2's sandbox. Prompts too long for the model are skipped and counted by
 the evaluation runner, never truncated.
 """
@@ -23,6 +24,7 @@ from orthopatch.data.registry import load_dataset
 from orthopatch.data.schema import Record
 from orthopatch.data.splits import get_split
 from orthopatch.data.templates import apply_template, render_template
+from orthopatch.data.varied import REPHRASINGS
 from orthopatch.errors import UserError
 from orthopatch.io import sha256_file
 
@@ -108,6 +110,10 @@ ATTACKS: dict[str, AttackFamily] = {
                      templates=(_REFUSAL_SUPPRESSION,)),
         AttackFamily("past_tense", "1", "JBB behaviours reformulated in the past tense (replaces the goals)",
                      "past_tense", replaces_goals=True),
+        # the project's rephrasings (another tense, person or register; nested fiction, role-play, multi-step), the
+        # test-split template of each kind: gates may be fitted and chosen on the others (gate.rephrase)
+        *(AttackFamily(f"rephrased_{kind}", "1", f"the goal rephrased by the project's {kind.replace('_', ' ')} "
+                       "template (test split)", "rephrasings", kind) for kind in REPHRASINGS),
     )
 }
 

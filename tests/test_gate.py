@@ -32,6 +32,7 @@ from orthopatch.patches.manifest import MANIFEST, apply_patch, verify_patch
 from orthopatch.patches.routing import RowMask
 from orthopatch.patches.scale import set_patch_scale
 from orthopatch.patches.stack import attach_patches, export_patch, merge_patches, stack_adapters
+from orthopatch.report.table import metric_rows
 from orthopatch.train.config import TrainConfig
 from orthopatch.train.gate import GateData, fit_gate, recall_threshold
 
@@ -293,3 +294,12 @@ def test_a_batch_mostly_flagged_stops_the_base_pass_at_the_gates_layer(tiny_mode
     assert len(deepest) == 1  # the base pass stopped at the gate; only the patched prefill reached the top
     assert torch.equal(reused, type(gated).generate(gated, input_ids=input_ids, attention_mask=attention,
                                                     **settings))
+
+
+def test_a_gate_evaluated_without_benign_sets_reports_no_separation():
+    flagged = {"value": 0.5, "n": 2, "ci95": [0.1, 0.9]}
+    results = {"metrics": {"gate": {"default": {"flagged": {"harmbench": flagged}, "auroc_harmful_vs_benign": None}}},
+               "data": {}}
+    labels = [label for label, _, _ in metric_rows(results)]
+    assert "gate default: prompts flagged (patch on): harmbench" in labels
+    assert not any("AUROC" in label for label in labels)

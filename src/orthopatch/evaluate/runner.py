@@ -11,6 +11,7 @@ The flow: build the prompt sets (:func:`prompt_sets`, no model needed), generate
 from __future__ import annotations
 
 import importlib.util
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -326,9 +327,11 @@ def _gate_decisions(run: _Run, sets: list[PromptSet]) -> None:
             flagged[prompt_set.name] = rate([s >= runtime.gate.threshold for s in scores])
             by_group.setdefault(prompt_set.group, []).extend(scores)
         harmful = torch.tensor(by_group.get("harmful", []) + by_group.get("attack", []))
+        separation = auroc(harmful, torch.tensor(by_group.get("benign", [])))
         run.metrics.setdefault("gate", {})[runtime.adapter_name] = {
             "describe": runtime.gate.describe(), "layer": runtime.gate.layer, "threshold": runtime.gate.threshold,
-            "flagged": flagged, "auroc_harmful_vs_benign": auroc(harmful, torch.tensor(by_group.get("benign", [])))}
+            "flagged": flagged,  # None where harmful or benign sets were not evaluated (results.json stays valid JSON)
+            "auroc_harmful_vs_benign": None if math.isnan(separation) else separation}
 
 
 CPU_TOKEN_BUDGET = 8192  # tokens per generation batch on a CPU (eval_throughput.py)

@@ -78,8 +78,9 @@ def metric_rows(results: dict[str, Any]) -> list[tuple[str, str, float | None]]:
     for adapter, gate in m.get("gate", {}).items():
         for set_name, value in gate["flagged"].items():
             add(f"gate {adapter}: prompts flagged (patch on): {set_name}", value)
-        rows.append((f"gate {adapter}: AUROC harmful vs benign", f"{gate['auroc_harmful_vs_benign']:.3f}",
-                     gate["auroc_harmful_vs_benign"]))
+        if gate["auroc_harmful_vs_benign"] is not None:
+            rows.append((f"gate {adapter}: AUROC harmful vs benign", f"{gate['auroc_harmful_vs_benign']:.3f}",
+                         gate["auroc_harmful_vs_benign"]))
     return rows
 
 

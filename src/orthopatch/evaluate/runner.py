@@ -327,11 +327,11 @@ def _gate_decisions(run: _Run, sets: list[PromptSet]) -> None:
             flagged[prompt_set.name] = rate([s >= runtime.gate.threshold for s in scores])
             by_group.setdefault(prompt_set.group, []).extend(scores)
         harmful = torch.tensor(by_group.get("harmful", []) + by_group.get("attack", []))
+        # None where harmful or benign sets were not evaluated (NaN would not be valid JSON in results.json)
         separation = auroc(harmful, torch.tensor(by_group.get("benign", [])))
         run.metrics.setdefault("gate", {})[runtime.adapter_name] = {
             "describe": runtime.gate.describe(), "layer": runtime.gate.layer, "threshold": runtime.gate.threshold,
-            "flagged": flagged,  # None where harmful or benign sets were not evaluated (results.json stays valid JSON)
-            "auroc_harmful_vs_benign": None if math.isnan(separation) else separation}
+            "flagged": flagged, "auroc_harmful_vs_benign": None if math.isnan(separation) else separation}
 
 
 CPU_TOKEN_BUDGET = 8192  # tokens per generation batch on a CPU (eval_throughput.py)

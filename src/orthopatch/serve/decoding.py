@@ -59,6 +59,7 @@ class Prefill:
 class Batch:
     def __init__(self, model, pad_id: int, masks: list[RowMask]) -> None:
         self.model, self.pad_id, self.masks = model, pad_id, masks
+        self.cache_name = cache_argument(model)  # asked once, not on every decoding step
         self.device = next(model.parameters()).device
         self.jobs: list[Job] = []
         self._reset()
@@ -80,7 +81,7 @@ class Batch:
         for mask, rows in zip(self.masks, flags, strict=True):
             mask.set(rows)
         return self.model(input_ids=input_ids, attention_mask=attention, position_ids=position,
-                          **{cache_argument(self.model): cache}, use_cache=True, **kwargs).logits[:, -1]
+                          **{self.cache_name: cache}, use_cache=True, **kwargs).logits[:, -1]
 
     @torch.no_grad()
     def prefill(self, jobs: list[Job], flags: list[torch.Tensor], capture: list[int] = ()) -> Prefill:

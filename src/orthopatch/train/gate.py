@@ -233,7 +233,8 @@ def _matrices(model, tokenizer, reader, settings: GateSettings, data: GateData, 
 
 
 def fit_gate(model, tokenizer, settings: GateSettings, data: GateData, progress: bool = False) -> Gate:
-    """Fit every candidate probe (feature combination x head x penalty) on the train prompts and choose one. With
+    """Fit every candidate probe (feature combination x data option x head x penalty) on the train prompts and
+    choose one (the data options: :func:`data_options`). With
     ``selection="out-of-source"`` (and sources known): a low balanced error on sources left out of fitting one at a
     time, each at the threshold that keeps ``settings.recall`` of the other sources' harmful validation
     prompts (:mod:`gate_selection`); otherwise the fewest benign validation prompts flagged at the threshold keeping
@@ -252,33 +253,35 @@ def fit_gate(model, tokenizer, settings: GateSettings, data: GateData, progress:
     val_names = ["harmful", *data.validation_benign]
     options = data_options(settings, data)
 
-    def out_of_source(gate: Gate, features: tuple[Feature, ...], rows: torch.Tensor) -> dict[str, Any]:
+    def out_of_source(gate: Gate, X: torch.Tensor, X_val: torch.Tensor, rows: torch.Tensor) -> dict[str, Any]:
         head = HEADS[gate.head.kind]
         kept = rows.nonzero().flatten().tolist()
         return leave_one_source_out(lambda X_, y_, l2_: head.fit(X_, y_, l2_, LOSO_STEPS), gate,
-                                    (m.of(features, "train")[rows], m.y[rows], [data.train_sources[i] for i in kept]),
-                                    (m.of(features, "validation"), m.y_val, m.val_sources), gate.info["l2"],
-                                    settings.recall, [(data.train_origins or data.train_sources)[i] for i in kept])
+                                    (X, m.y[rows], [data.train_sources[i] for i in kept]),
+                                    (X_val, m.y_val, m.val_sources), gate.info["l2"], settings.recall,
+                                    [(data.train_origins or data.train_sources)[i] for i in kept])
 
     candidates = []
-    for (index, features), (option, (option_name, rows)) in itertools.product(enumerate(combos),
-                                                                             enumerate(options.items())):
-        X, X_val = m.of(features, "train")[rows], m.of(features, "validation")
+    for index, features in enumerate(combos):
+        X_all, X_val = m.of(features, "train"), m.of(features, "validation")
         val = {name: X_val[m.bounds[i]:m.bounds[i + 1]] for i, name in enumerate(val_names)}
-        for head_kind, l2 in itertools.product(settings.heads, settings.l2):
-            gate = Gate(list(features), HEADS[head_kind].fit(X, m.y[rows], l2), 0.0, {}, reader)
-            gate.threshold = recall_threshold(gate.logits(val["harmful"]), settings.recall)
-            report = evaluate_probe(gate, val, "harmful")
-            gate.info = {"l2": l2, **({"data": option_name} if settings.extra else {}), "validation": report}
-            key = (report["false_positive_rate"], -report["auroc"], index, option, settings.heads.index(head_kind),
-                   l2)
-            if loso:
-                gate.info["out_of_source"] = out_of_source(gate, features, rows)
-            candidates.append((key, gate, features, rows))
+        for option, (option_name, rows) in enumerate(options.items()):
+            X = X_all[rows]
+            for head_kind, l2 in itertools.product(settings.heads, settings.l2):
+                gate = Gate(list(features), HEADS[head_kind].fit(X, m.y[rows], l2), 0.0, {}, reader)
+                gate.threshold = recall_threshold(gate.logits(val["harmful"]), settings.recall)
+                report = evaluate_probe(gate, val, "harmful")
+                gate.info = {"l2": l2, **({"data": option_name} if settings.extra else {}), "validation": report}
+                key = (report["false_positive_rate"], -report["auroc"], index, option,
+                       settings.heads.index(head_kind), l2)
+                if loso:
+                    gate.info["out_of_source"] = out_of_source(gate, X, X_val, rows)
+                candidates.append((key, gate, features, rows))
     _, best, best_features, best_rows = one_standard_error(candidates) if loso else min(candidates,
                                                                                          key=lambda c: c[0])
     if known and not loso:  # chosen in source; its out-of-source error is still measured and reported
-        best.info["out_of_source"] = out_of_source(best, best_features, best_rows)
+        best.info["out_of_source"] = out_of_source(best, m.of(best_features, "train")[best_rows],
+                                                   m.of(best_features, "validation"), best_rows)
     best.info = {**best.info, "fitted_on": data.provenance, "selection": _selection(settings, loso, candidates),
                  "fit_seconds": round(time.perf_counter() - start, 1)}
     return best

@@ -189,7 +189,7 @@ def test_unformatted_prompts_are_read_as_they_are():
 
 
 def test_gate_data_reads_a_share_of_prompts_and_raw_text_passages_unformatted():
-    settings = make(TrainConfig, gate={"enabled": True, "max_per_set": 20, "raw": 0.5,
+    settings = make(TrainConfig, gate={"enabled": True, "max_per_set": 20, "raw": 0.5, "unformatted": "as-is",
                                        "raw_text": ["book_cloze"]}).gate
     data = gate_data(settings, 0, 0)
     rows = list(zip(data.train_harmful + data.train_benign, data.train_sources, data.train_origins, strict=True))
@@ -206,7 +206,7 @@ def test_gate_data_reads_a_share_of_prompts_and_raw_text_passages_unformatted():
 
 
 def test_a_gate_fitted_with_raw_text_reports_its_error_on_it(tiny_model, tmp_path):
-    patch = train_gated_patch(tiny_model, tmp_path, raw=0.5, raw_text=["book_cloze"])
+    patch = train_gated_patch(tiny_model, tmp_path, raw=0.5, raw_text=["book_cloze"], unformatted="as-is")
     info = json.loads((patch / "gate.json").read_text())
     assert info["fitted_on"]["raw_text"] == ["book_cloze"] and info["fitted_on"]["raw"] == 0.5
     assert "book_cloze" in info["validation"]["flagged_per_set"]

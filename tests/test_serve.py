@@ -160,6 +160,17 @@ def test_completions_streamed_and_not(server):
     assert chunks[-1].usage.total_tokens == whole.usage.total_tokens
 
 
+def test_a_raw_completion_prompt_is_gated_as_the_chat_message_it_would_be(server, offline):
+    """The completions endpoint feeds the model raw text; the gate reads it as that text sent as a chat message
+    (in a pass of its own: the prefill read it unformatted)."""
+    api = client(server)
+    for index in range(len(PROMPTS)):
+        completion = api.completions.create(model="gated", prompt=PROMPTS[index], max_tokens=1, temperature=0)
+        route = completion.model_extra["orthopatch"]
+        assert route["gate"]["score"] == pytest.approx(offline["scores"][index], abs=1e-4)
+        assert route["applied"] is (offline["scores"][index] >= offline["threshold"])
+
+
 def test_sampling_is_seeded_and_stop_strings_cut(server, offline):
     api = client(server)
     draws = [chat(api, "base", PROMPTS[1], temperature=1.0, top_p=0.9, seed=7, max_tokens=8).choices[0].message.content

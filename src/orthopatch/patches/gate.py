@@ -25,6 +25,7 @@ from orthopatch.errors import UserError
 from orthopatch.models.generation import chat_prompt_ids, left_pad
 from orthopatch.patches.gated_generate import reuse_gate_pass
 from orthopatch.patches.gates import GATE_CONFIG, GATE_TOKENIZER, GATE_WEIGHTS, Gate, GateInputs, pool
+from orthopatch.patches.gates.unformatted import ChatWrap, read_unformatted
 from orthopatch.patches.hidden_pass import captured_layers, decoder_layers, layer_features
 from orthopatch.patches.routing import RowMask
 
@@ -43,8 +44,11 @@ def gate_summary(gate: Gate) -> dict:
             "validation": gate.info.get("validation"), "fitted_on": gate.info.get("fitted_on"), "files": files}
 
 
-def gate_inputs(model, input_ids: torch.Tensor, attention: torch.Tensor, layers: list[int]) -> GateInputs:
-    """What a gate reads of a batch: the ids and, where it reads any, the base's hidden states (one partial pass)."""
+def gate_inputs(model, input_ids: torch.Tensor, attention: torch.Tensor, layers: list[int],
+                wrap: ChatWrap | None = None) -> GateInputs:
+    """What a gate reads of a batch: the ids (unformatted rows read as a chat message where the gate has a
+    ``wrap``) and, where it reads any, the base's hidden states (one partial pass)."""
+    input_ids, attention = read_unformatted(wrap, input_ids, attention)
     return GateInputs(input_ids, attention, layer_features(model, input_ids, attention, layers) if layers else {})
 
 
@@ -83,7 +87,7 @@ class GateRuntime:
     def decide(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """The probe's logits for a batch of sequences (the base's hidden states: every adapter switched off)."""
         with self.deciding(), self.peft_model.disable_adapter():
-            inputs = gate_inputs(model, input_ids, attention_mask, self.gate.layers)
+            inputs = gate_inputs(model, input_ids, attention_mask, self.gate.layers, self.gate.wrap)
         return self.gate.score(inputs).to(input_ids.device)
 
     @contextmanager

@@ -8,8 +8,9 @@ So the prefill runs once, on the base (every adapter off), and the gate decides 
 - the flagged rows are prefilled again with the patch and their cache rows replaced (their share of the base pass
   is the gate's cost); then one decoding loop runs for the whole batch, each row with its gate's decision.
 A gate that reads only text decides with no pass at all. This applies when every adapter of the model is gated (an
-ungated one would change the base's pass) and generation is one plain sequence per prompt; otherwise ``generate``
-runs as without it (the gates then decide in their own partial pass, see :mod:`orthopatch.patches.gate`).
+ungated one would change the base's pass), generation is one plain sequence per prompt and no gate reads a row of
+unformatted text as a chat message (its pass is not the prefill then); otherwise ``generate`` runs as without it
+(the gates then decide in their own partial pass, see :mod:`orthopatch.patches.gate`).
 """
 
 from __future__ import annotations
@@ -36,9 +37,19 @@ def reusable(peft_model, runtimes: list, kwargs: dict[str, Any]) -> bool:
     config = peft_model.get_base_model().config  # a sliding-window or recurrent cache cannot be cropped back
     if getattr(config, "sliding_window", None) or set(getattr(config, "layer_types", None) or []) - {"full_attention"}:
         return False
+    if any(runtime.gate.wrap is not None and _any_unformatted(runtime.gate.wrap, kwargs) for runtime in runtimes):
+        return False  # its gate reads an unformatted row wrapped as a chat message: not the generation's prefill
     gated = {runtime.adapter_name for runtime in runtimes}
     switched_off = any(layer.disable_adapters for runtime in runtimes for layer in runtime.rows.layers[:1])
     return set(peft_model.peft_config) <= gated and not switched_off
+
+
+def _any_unformatted(wrap, kwargs: dict[str, Any]) -> bool:
+    input_ids = kwargs["input_ids"]
+    attention = kwargs.get("attention_mask")
+    attention = torch.ones_like(input_ids) if attention is None else attention
+    return any(wrap.is_raw([t for t, m in zip(ids, mask, strict=True) if m])
+               for ids, mask in zip(input_ids.tolist(), attention.bool().tolist(), strict=True))
 
 
 def positions(attention: torch.Tensor) -> torch.Tensor:

@@ -23,6 +23,7 @@ from orthopatch.models.embedded import EMBEDDED_ALIASES
 from orthopatch.models.generation import left_pad
 from orthopatch.models.loading import fingerprint, load_model, load_tokenizer, resolve_model_path
 from orthopatch.patches.gate import Gate, GateInputs, gate_inputs, score_features
+from orthopatch.patches.gates.unformatted import read_unformatted
 from orthopatch.patches.manifest import verify_patch
 from orthopatch.patches.routing import RowMask
 from orthopatch.patches.stack import attach_patches, parse_patch_spec
@@ -120,27 +121,53 @@ class ModelSet:
         """Per row, before its first token: which patch acts. The gates read the base's hidden states of their
         rows' prompts from a partial forward pass of their own (upstream mode; the local engine reads them from the
         prefill itself, :meth:`route_from_features`)."""
-        if not self.gated(wanted):
-            return self.provisional(wanted)
-        layers = self.gate_layers(wanted)
-        if self.model is None:  # upstream mode with gates that read only text: no layer of the base is loaded
-            input_ids, attention = left_pad(prompt_ids, self.tokenizer.pad_token_id, torch.device("cpu"))
-            return self.route_from_features(wanted, GateInputs(input_ids, attention))
-        switched_off = self.model.disable_adapter() if hasattr(self.model, "disable_adapter") else nullcontext()
-        with switched_off:
-            inner = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
-            input_ids, attention = left_pad(prompt_ids, self.tokenizer.pad_token_id, next(inner.parameters()).device)
-            inputs = gate_inputs(inner, input_ids, attention, layers)
-        return self.route_from_features(wanted, inputs)
+        gated = [i for i, name in enumerate(wanted) if self.gate_of(name) is not None]
+        values = self.scores_from_own_pass([wanted[i] for i in gated], [prompt_ids[i] for i in gated])
+        scores = dict(zip(gated, values, strict=True))
+        return [self._route(name, scores.get(i)) for i, name in enumerate(wanted)]
+
+    def scores_from_own_pass(self, names: list[str], prompt_ids: list[list[int]]) -> list[float]:
+        """Each row's score under its (gated) patch's gate from a partial pass of the base of its own (none for
+        gates that read only text: in upstream mode no layer of the base is loaded for them). Gates that read
+        unformatted input as a chat message and gates that read it as it is see their rows apart."""
+        out = [0.0] * len(names)
+        groups: dict[Any, list[int]] = {}
+        for index, name in enumerate(names):
+            groups.setdefault(self.gate_of(name).wrap, []).append(index)
+        for wrap, rows in groups.items():
+            gates = [self.gate_of(names[i]) for i in rows]
+            layers = sorted({layer for gate in gates for layer in gate.layers})
+            inner = self.model if self.model is None or not hasattr(self.model, "get_base_model") \
+                else self.model.get_base_model()
+            device = torch.device("cpu") if inner is None else next(inner.parameters()).device
+            input_ids, attention = left_pad([prompt_ids[i] for i in rows], self.tokenizer.pad_token_id, device)
+            if inner is None:
+                inputs = GateInputs(*read_unformatted(wrap, input_ids, attention))
+            else:
+                switched_off = self.model.disable_adapter() if hasattr(self.model, "disable_adapter") else \
+                    nullcontext()
+                with switched_off:
+                    inputs = gate_inputs(inner, input_ids, attention, layers, wrap)
+            for index, score in zip(rows, score_features(gates, inputs), strict=True):
+                out[index] = score
+        return out
 
     def route_from_features(self, wanted: list[str], inputs: GateInputs) -> list[dict[str, Any]]:
         """The same decisions from hidden states captured in a forward pass in which the gated rows ran on the
-        base (their patches held off until decided)."""
+        base (their patches held off until decided). A row of unformatted text whose gate reads it as a chat
+        message is not what that pass read: its gate reads it in a pass of its own."""
+        rows = [[t for t, m in zip(ids, mask, strict=True) if m]
+                for ids, mask in zip(inputs.input_ids.tolist(), inputs.attention.bool().tolist(), strict=True)]
         gated = [i for i, name in enumerate(wanted) if self.gate_of(name) is not None]
+        own = [i for i in gated if (wrap := self.gate_of(wanted[i]).wrap) is not None and wrap.is_raw(rows[i])]
+        shared = [i for i in gated if i not in set(own)]
         scores: dict[int, float] = {}
-        if gated:
-            values = score_features([self.gate_of(wanted[i]) for i in gated], inputs.rows(torch.tensor(gated)))
-            scores = dict(zip(gated, values, strict=True))
+        if shared:
+            values = score_features([self.gate_of(wanted[i]) for i in shared], inputs.rows(torch.tensor(shared)))
+            scores.update(zip(shared, values, strict=True))
+        if own:
+            values = self.scores_from_own_pass([wanted[i] for i in own], [rows[i] for i in own])
+            scores.update(zip(own, values, strict=True))
         return [self._route(name, scores.get(i)) for i, name in enumerate(wanted)]
 
     def provisional(self, wanted: list[str]) -> list[dict[str, Any]]:

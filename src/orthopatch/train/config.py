@@ -112,6 +112,10 @@ class GateSettings:
     # endpoint), which read unformatted lies far from every chat-formatted prompt it was fitted on
     raw: float = num(0.0, ge=0, le=1)
     raw_text: list[str] = field(default_factory=list)
+    # how the gate reads an input without the chat template's tokens: "as-chat", as the user message of a chat
+    # prompt (the prompts it is fitted on: the recipe's gate flagged 29 of 40 raw book passages read as they are,
+    # none read as a message), or "as-is" (patches made before this option)
+    unformatted: str = field(default="as-chat", metadata={"choices": lambda: ("as-chat", "as-is")})
     # training data the selection may add (issue 23): benign set names, and "rephrase" for the rephrased copies.
     # Their validation prompts always take part, so every candidate probe is tried without and with them and judged
     # on the same sources; data that does not help on sources held out of fitting is left out.
@@ -141,6 +145,9 @@ class GateSettings:
         return self.benign + [name for name in self.extra if name != "rephrase" and name not in self.benign]
 
     def check(self) -> None:
+        if self.raw > 0 and self.unformatted == "as-chat":
+            raise UserError("unformatted copies read as chat messages are the prompts again; fit on them as they "
+                            "are with gate.unformatted: as-is", field="raw")
         if "rephrase" in self.extra and self.rephrase == 0:
             raise UserError("extra names the rephrased copies; give them a share (gate.rephrase > 0)", field="extra")
         if self.extra and self.selection != "out-of-source":

@@ -30,6 +30,7 @@ from orthopatch.models.generation import Unformatted, chat_prompt_ids, left_pad
 from orthopatch.models.probes import auroc
 from orthopatch.patches.gate import decoder_layers, gate_inputs
 from orthopatch.patches.gates import FEATURES, HEADS, Feature, Gate, PromptReader
+from orthopatch.patches.gates.unformatted import ChatWrap
 from orthopatch.train.config import GateSettings
 from orthopatch.train.gate_selection import leave_one_source_out, recall_threshold
 
@@ -149,9 +150,11 @@ def gate_data(settings: GateSettings, seed: int, split_seed: int) -> GateData:
 
 @torch.no_grad()
 def prompt_features(model, tokenizer, reader: PromptReader | None, prompts: list[str], features: list[Feature],
-                    batch_size: int, progress: bool = False) -> dict[str, torch.Tensor]:
+                    batch_size: int, progress: bool = False, wrap: ChatWrap | None = None
+                    ) -> dict[str, torch.Tensor]:
     """Each feature's values for chat-formatted prompts, (n, dims) keyed by :func:`feature_key`, read batch by batch
-    exactly as a gate reads them at run time (the hidden states of every layer from one partial pass)."""
+    exactly as a gate reads them at run time (the hidden states of every layer from one partial pass; unformatted
+    prompts as chat messages where the gate has a ``wrap``)."""
     ids = chat_prompt_ids(tokenizer, prompts)
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     device = next(model.parameters()).device
@@ -161,9 +164,9 @@ def prompt_features(model, tokenizer, reader: PromptReader | None, prompts: list
                       file=sys.stderr):
         chunk = order[start:start + batch_size]
         input_ids, attention = left_pad([ids[i] for i in chunk], tokenizer.pad_token_id, device)
-        inputs = gate_inputs(model, input_ids, attention, layers)
+        inputs = gate_inputs(model, input_ids, attention, layers, wrap)
         if reader is not None:
-            inputs.texts = reader.texts(input_ids, attention)
+            inputs.texts = reader.texts(inputs.input_ids, inputs.attention)
         for feature in features:
             values = feature.extract(inputs).float().cpu()
             target = out.setdefault(feature_key(feature), torch.zeros(len(ids), values.shape[1]))
@@ -220,9 +223,9 @@ class _Matrices:
 
 
 def _matrices(model, tokenizer, reader, settings: GateSettings, data: GateData, features: list[Feature],
-              progress: bool) -> _Matrices:
+              progress: bool, wrap: ChatWrap | None) -> _Matrices:
     read = lambda prompts: prompt_features(model, tokenizer, reader, prompts, features,  # noqa: E731
-                                           settings.batch_size, progress)
+                                           settings.batch_size, progress, wrap)
     val_prompts = [data.validation_harmful, *data.validation_benign.values()]
     bounds = torch.tensor([0, *[len(g) for g in val_prompts]]).cumsum(0).tolist()
     y = torch.cat([torch.ones(len(data.train_harmful)), torch.zeros(len(data.train_benign))])
@@ -247,7 +250,8 @@ def fit_gate(model, tokenizer, settings: GateSettings, data: GateData, progress:
     combos = candidate_features(settings, layers)
     distinct = list({feature_key(f): f for combo in combos for f in combo}.values())
     reader = PromptReader.of(tokenizer) if any(f.reads_text for f in distinct) else None
-    m = _matrices(model, tokenizer, reader, settings, data, distinct, progress)
+    wrap = ChatWrap.of(tokenizer) if settings.unformatted == "as-chat" else None
+    m = _matrices(model, tokenizer, reader, settings, data, distinct, progress, wrap)
     known = data.train_sources is not None
     loso = settings.selection == "out-of-source" and known
     val_names = ["harmful", *data.validation_benign]
@@ -268,7 +272,7 @@ def fit_gate(model, tokenizer, settings: GateSettings, data: GateData, progress:
         for option, (option_name, rows) in enumerate(options.items()):
             X = X_all[rows]
             for head_kind, l2 in itertools.product(settings.heads, settings.l2):
-                gate = Gate(list(features), HEADS[head_kind].fit(X, m.y[rows], l2), 0.0, {}, reader)
+                gate = Gate(list(features), HEADS[head_kind].fit(X, m.y[rows], l2), 0.0, {}, reader, wrap)
                 gate.threshold = recall_threshold(gate.logits(val["harmful"]), settings.recall)
                 report = evaluate_probe(gate, val, "harmful")
                 gate.info = {"l2": l2, **({"data": option_name} if settings.extra else {}), "validation": report}

@@ -23,6 +23,7 @@ from orthopatch.errors import UserError
 from orthopatch.io import read_json, write_json_atomic
 from orthopatch.models.generation import chat_prompt_ids
 from orthopatch.patches.gates.registry import FEATURES, HEADS
+from orthopatch.patches.gates.unformatted import ChatWrap
 
 GATE_WEIGHTS = "gate.safetensors"
 GATE_CONFIG = "gate.json"
@@ -175,6 +176,7 @@ class Gate:
     threshold: float
     info: dict[str, Any] = field(default_factory=dict)  # how it was fitted: data, selection, validation metrics
     reader: PromptReader | None = None  # needed when a feature reads text
+    wrap: ChatWrap | None = None  # unformatted inputs read as a chat message (None: as they are)
 
     @property
     def layers(self) -> list[int]:
@@ -212,12 +214,12 @@ class Gate:
         return self.logits(self.extract(inputs))
 
     def with_head(self, head: Head, threshold: float = 0.0) -> Gate:
-        return Gate(self.features, head, threshold, {}, self.reader)
+        return Gate(self.features, head, threshold, {}, self.reader, self.wrap)
 
     def _first_kind(self) -> bool:
         from_first = len(self.features) == 1 and self.features[0].kind == "hidden" and \
             len(self.features[0].layers) == 1
-        return from_first and self.head.kind == "linear" and self.reader is None
+        return from_first and self.head.kind == "linear" and self.reader is None and self.wrap is None
 
     def save(self, directory: Path) -> None:
         save_file({k: v.contiguous() for k, v in self.head.tensors().items()}, str(directory / GATE_WEIGHTS),
@@ -231,6 +233,8 @@ class Gate:
                       "head": {"kind": self.head.kind, **self.head.config()}, "threshold": self.threshold}
             if self.reader is not None:
                 config["reader"] = self.reader.save(directory)
+            if self.wrap is not None:
+                config["unformatted"] = self.wrap.config()
         write_json_atomic(directory / GATE_CONFIG, {**config, **self.info})
 
     @classmethod
@@ -261,8 +265,9 @@ class Gate:
         head = HEADS[head_config["kind"]].from_saved(head_config, tensors, weights_path)
         reader = PromptReader.load(directory, config.get("reader"), config_path) \
             if any(f.reads_text for f in features) else None
-        known = ("format", "layer", "pooling", "threshold", "bias", "features", "head", "reader")
-        return cls(features, head, threshold, {k: v for k, v in config.items() if k not in known}, reader)
+        wrap = ChatWrap.from_config(config["unformatted"], config_path) if "unformatted" in config else None
+        known = ("format", "layer", "pooling", "threshold", "bias", "features", "head", "reader", "unformatted")
+        return cls(features, head, threshold, {k: v for k, v in config.items() if k not in known}, reader, wrap)
 
 
 def read_features(configs: Any, path: Path) -> list[Feature]:

@@ -173,7 +173,7 @@ def test_tampering_with_the_gate_and_merging_are_refused(tiny_model, gated_patch
 
 
 @pytest.mark.parametrize(("field", "value"), [("layer", 0), ("pooling", "max"), ("threshold", "high"),
-                                              ("format", "other/9")])
+                                              ("format", "other/9"), ("unformatted", "text")])
 def test_a_malformed_gate_exits_2_naming_the_file_and_field(gated_patch, tmp_path, capsys, field, value):
     broken = tmp_path / "broken"
     export_patch(gated_patch, broken)

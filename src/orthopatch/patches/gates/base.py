@@ -219,7 +219,7 @@ class Gate:
     def _first_kind(self) -> bool:
         from_first = len(self.features) == 1 and self.features[0].kind == "hidden" and \
             len(self.features[0].layers) == 1
-        return from_first and self.head.kind == "linear" and self.reader is None and self.wrap is None
+        return from_first and self.head.kind == "linear" and self.reader is None
 
     def save(self, directory: Path) -> None:
         save_file({k: v.contiguous() for k, v in self.head.tensors().items()}, str(directory / GATE_WEIGHTS),
@@ -233,8 +233,8 @@ class Gate:
                       "head": {"kind": self.head.kind, **self.head.config()}, "threshold": self.threshold}
             if self.reader is not None:
                 config["reader"] = self.reader.save(directory)
-            if self.wrap is not None:
-                config["unformatted"] = self.wrap.config()
+        if self.wrap is not None:
+            config["unformatted"] = self.wrap.config()
         write_json_atomic(directory / GATE_CONFIG, {**config, **self.info})
 
     @classmethod

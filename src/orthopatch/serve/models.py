@@ -114,9 +114,6 @@ class ModelSet:
         """The layers whose hidden states the gates of these rows read."""
         return sorted({layer for gate in map(self.gate_of, wanted) if gate is not None for layer in gate.layers})
 
-    def gated(self, wanted: list[str]) -> bool:
-        return any(self.gate_of(name) is not None for name in wanted)
-
     def route(self, wanted: list[str], prompt_ids: list[list[int]]) -> list[dict[str, Any]]:
         """Per row, before its first token: which patch acts. The gates read the base's hidden states of their
         rows' prompts from a partial forward pass of their own (upstream mode; the local engine reads them from the
@@ -137,8 +134,7 @@ class ModelSet:
         for wrap, rows in groups.items():
             gates = [self.gate_of(names[i]) for i in rows]
             layers = sorted({layer for gate in gates for layer in gate.layers})
-            inner = self.model if self.model is None or not hasattr(self.model, "get_base_model") \
-                else self.model.get_base_model()
+            inner = None if self.model is None else getattr(self.model, "get_base_model", lambda: self.model)()
             device = torch.device("cpu") if inner is None else next(inner.parameters()).device
             input_ids, attention = left_pad([prompt_ids[i] for i in rows], self.tokenizer.pad_token_id, device)
             if inner is None:

@@ -114,7 +114,7 @@ class GateSettings:
     raw_text: list[str] = field(default_factory=list)
     # how the gate reads an input without the chat template's tokens: "as-chat", as the user message of a chat
     # prompt (the prompts it is fitted on: the recipe's gate flagged 29 of 40 raw book passages read as they are,
-    # none read as a message), or "as-is" (patches made before this option)
+    # at most one of 40 read as a message), or "as-is" (how gates made before this option read it)
     unformatted: str = field(default="as-chat", metadata={"choices": lambda: ("as-chat", "as-is")})
     # training data the selection may add (issue 23): benign set names, and "rephrase" for the rephrased copies.
     # Their validation prompts always take part, so every candidate probe is tried without and with them and judged

@@ -75,6 +75,12 @@ def left_pad(rows: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, 
     return input_ids.to(device), attention.to(device)
 
 
+def unpadded(input_ids: torch.Tensor, attention: torch.Tensor) -> list[list[int]]:
+    """Each row's tokens without its padding (either side): what :func:`left_pad` was given."""
+    return [[t for t, m in zip(ids, mask, strict=True) if m]
+            for ids, mask in zip(input_ids.tolist(), attention.bool().tolist(), strict=True)]
+
+
 def common_prefix(rows: list[list[int]]) -> int:
     """Length of the longest opening every row shares."""
     first, n = rows[0], min(len(r) for r in rows)

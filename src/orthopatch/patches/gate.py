@@ -22,7 +22,7 @@ from contextlib import contextmanager
 import torch
 
 from orthopatch.errors import UserError
-from orthopatch.models.generation import chat_prompt_ids, left_pad
+from orthopatch.models.generation import chat_prompt_ids, left_pad, unpadded
 from orthopatch.patches.gated_generate import reuse_gate_pass
 from orthopatch.patches.gates import GATE_CONFIG, GATE_TOKENIZER, GATE_WEIGHTS, Gate, GateInputs, pool
 from orthopatch.patches.gates.unformatted import ChatWrap, read_unformatted
@@ -127,8 +127,8 @@ class GateRuntime:
 
     def remember(self, input_ids: torch.Tensor, attention: torch.Tensor, scores: torch.Tensor) -> None:
         """Keep each row's score by its unpadded token ids (the latest SEEN_LIMIT prompts)."""
-        for row, mask, score in zip(input_ids.tolist(), attention.bool().tolist(), scores.tolist(), strict=True):
-            self.seen[tuple(t for t, m in zip(row, mask, strict=True) if m)] = score
+        for row, score in zip(unpadded(input_ids, attention), scores.tolist(), strict=True):
+            self.seen[tuple(row)] = score
         while len(self.seen) > SEEN_LIMIT:
             self.seen.popitem(last=False)
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from orthopatch.models.generation import cache_argument, forward_accepts, output_cache
+from orthopatch.models.generation import cache_argument, forward_accepts, output_cache, unpadded
 from orthopatch.patches.gates import GateInputs
 from orthopatch.patches.hidden_pass import Stop, captured_layers, decoder_layers
 
@@ -48,8 +48,7 @@ def _any_unformatted(wrap, kwargs: dict[str, Any]) -> bool:
     input_ids = kwargs["input_ids"]
     attention = kwargs.get("attention_mask")
     attention = torch.ones_like(input_ids) if attention is None else attention
-    return any(wrap.is_raw([t for t, m in zip(ids, mask, strict=True) if m])
-               for ids, mask in zip(input_ids.tolist(), attention.bool().tolist(), strict=True))
+    return any(wrap.is_raw(row) for row in unpadded(input_ids, attention))
 
 
 def positions(attention: torch.Tensor) -> torch.Tensor:

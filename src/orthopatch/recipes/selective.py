@@ -231,9 +231,10 @@ def select_on_validation(study: Study) -> dict[str, Any]:
         if family in GATED:  # the gate's error on each source, fitted with and without it (leave one source out)
             gate = Gate.load(patch)
             families[family]["gate_sources"] = gate.info.get("out_of_source")
+            selection = gate.info.get("selection", {})
             families[family]["gate"] = {"chosen": gate.describe(), "l2": gate.info.get("l2"),
-                                        "data": gate.info.get("data"), "threshold": gate.threshold, **{k: gate.info.get("selection", {}).get(k)
-                                                                        for k in ("mode", "rule")}}
+                                        "data": gate.info.get("data"), "threshold": gate.threshold,
+                                        **{k: selection.get(k) for k in ("mode", "rule")}}
     best = max(families, key=lambda f: margin(families[f]["shipped"]["over_refusal"],
                                               families[f]["shipped"]["harmful_refusal"]))
     ablations = contrast_ablations(study, val)

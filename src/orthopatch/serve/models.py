@@ -20,7 +20,7 @@ import torch
 
 from orthopatch.errors import UserError
 from orthopatch.models.embedded import EMBEDDED_ALIASES
-from orthopatch.models.generation import left_pad
+from orthopatch.models.generation import left_pad, unpadded
 from orthopatch.models.loading import fingerprint, load_model, load_tokenizer, resolve_model_path
 from orthopatch.patches.gate import Gate, GateInputs, gate_inputs, score_features
 from orthopatch.patches.gates.unformatted import read_unformatted
@@ -152,8 +152,7 @@ class ModelSet:
         """The same decisions from hidden states captured in a forward pass in which the gated rows ran on the
         base (their patches held off until decided). A row of unformatted text whose gate reads it as a chat
         message is not what that pass read: its gate reads it in a pass of its own."""
-        rows = [[t for t, m in zip(ids, mask, strict=True) if m]
-                for ids, mask in zip(inputs.input_ids.tolist(), inputs.attention.bool().tolist(), strict=True)]
+        rows = unpadded(inputs.input_ids, inputs.attention)
         gated = [i for i, name in enumerate(wanted) if self.gate_of(name) is not None]
         own = [i for i in gated if (wrap := self.gate_of(wanted[i]).wrap) is not None and wrap.is_raw(rows[i])]
         shared = [i for i in gated if i not in set(own)]

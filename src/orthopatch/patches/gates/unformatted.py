@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from orthopatch.errors import UserError
-from orthopatch.models.generation import chat_prompt_ids, common_prefix, left_pad
+from orthopatch.models.generation import chat_prompt_ids, common_prefix, left_pad, unpadded
 
 # two messages with different first and last tokens: what their renderings share is the template's
 PROBES = ("Hello there.", "What is two plus two?")
@@ -62,8 +62,7 @@ class ChatWrap:
     def apply(self, input_ids: torch.Tensor, attention: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The batch as the gate reads it: unformatted rows wrapped, every row left-padded again (the same tensors
         where no row is unformatted)."""
-        rows = [[t for t, m in zip(ids, mask, strict=True) if m]
-                for ids, mask in zip(input_ids.tolist(), attention.bool().tolist(), strict=True)]
+        rows = unpadded(input_ids, attention)
         if not any(self.is_raw(row) for row in rows):
             return input_ids, attention
         wrapped = [self.as_chat(row) if self.is_raw(row) else row for row in rows]

@@ -63,11 +63,22 @@ def test_gate_data_names_a_source_for_every_prompt_and_wraps_with_split_template
     sources = set(data.train_sources)
     assert {"advbench", "wrapped harmful", "wrapped benign", "lookalikes/homonym"} <= sources
     assert {s for s in sources if s.startswith("rephrased/")} == {f"rephrased/{k}" for k in REPHRASINGS}
+    benign_copies = [o for s, o in zip(data.train_sources, data.train_origins, strict=True) if s == "rephrased benign"]
+    assert benign_copies and set(benign_copies) <= set(settings.benign)  # benign prompts in the same forms
     assert {s for s in sources if s.startswith("varied_benign/")} >= {f"varied_benign/{c}" for c in GENERATORS}
     validation = set(data.validation_benign) | set(data.validation_harmful_sources)
     assert {"rho_overrefusal", "wsr_benign", "varied_benign/long_inputs"} <= validation
     assert not set(data.train_harmful + data.train_benign) & set(data.validation_harmful + [
         p for group in data.validation_benign.values() for p in group])
+
+
+def test_rephrased_benign_copies_can_be_left_out_of_fitting_but_not_of_validation():
+    settings = make(TrainConfig, gate={"enabled": True, "max_per_set": 20, "rephrase": 0.5,
+                                       "rephrase_benign": False}).gate
+    data = gate_data(settings, 0, 0)
+    assert "rephrased benign" not in data.train_sources and any(s.startswith("rephrased/") for s in data.train_sources)
+    assert data.validation_benign["rephrased benign"]  # a gate that flags the form alone is still seen doing so
+    assert "rephrase_benign" in data.provenance
 
 
 def test_leaving_one_source_out_never_fits_on_it():
@@ -156,7 +167,7 @@ def test_without_its_extra_data_a_candidate_fits_on_none_of_it_and_is_judged_on_
     options = data_options(settings, data)
     assert list(options) == ["without extra", "with extra"] and bool(options["with extra"].all())
     rows = list(zip(data.train_sources, data.train_origins, strict=True))
-    extra = [o in ("varied_benign", "trivia") or s.startswith("rephrased/") for s, o in rows]
+    extra = [o in ("varied_benign", "trivia") or s.startswith("rephrased") for s, o in rows]
     assert any(extra) and options["without extra"].tolist() == [not e for e in extra]
     wrapped_extra = [s == "wrapped benign" and o in ("varied_benign", "trivia") for s, o in rows]
     assert any(wrapped_extra)  # a wrapped copy of an extra prompt leaves with it

@@ -107,6 +107,9 @@ class GateSettings:
     # role-play, multi-step; train-split templates to fit, validation-split ones to choose); off by default: measured
     # with 0.5, the gates it produced flagged more benign-sensitive prompts (README)
     rephrase: float = num(0.0, ge=0, le=1)
+    # rephrase the same share of the benign prompts too (as wrap_benign does for jailbreak templates): with harmful
+    # copies alone the form itself is a harm signal (validation: 65% of benign prompts in those forms flagged, 17% with)
+    rephrase_benign: bool = True
     # copies of this share of the prompts (harmful and benign) read without the chat template, and the passages of
     # the raw-text sets ``raw_text`` as benign rows: a gate also decides on raw text (perplexity passes, a completion
     # endpoint), which read unformatted lies far from every chat-formatted prompt it was fitted on

@@ -62,7 +62,7 @@ def source_of(name: str, record: Record) -> str:
         return "unformatted " + ("harmful" if name == "harmful" else "benign")
     template = record.meta.get("template", "")
     if template.startswith("rephrase:"):
-        return "rephrased/" + template.split(":")[1]
+        return "rephrased/" + template.split(":")[1] if name == "harmful" else "rephrased benign"
     if template:
         return "wrapped " + ("harmful" if name == "harmful" else "benign")
     sub = record.meta.get("category") if name == "varied_benign" else record.meta.get("kind") \
@@ -72,7 +72,7 @@ def source_of(name: str, record: Record) -> str:
 
 def _split_records(settings: GateSettings, split: str, seed: int, split_seed: int
                    ) -> tuple[list[tuple[str, Record]], list[tuple[str, Record]]]:
-    """(source, record) pairs of one split: harmful (direct, wrapped, rephrased) and benign (direct, wrapped). Each
+    """(source, record) pairs of one split: harmful and benign (direct, wrapped, rephrased). Each
     record's ``meta["origin"]`` names the set it was drawn from (for a wrapped copy, its original's set)."""
     def read(name: str, benign: bool) -> list[Record]:
         if split != "train":
@@ -95,13 +95,15 @@ def _split_records(settings: GateSettings, split: str, seed: int, split_seed: in
     if settings.rephrase:
         copies += [("harmful", r) for r in wrapped_copies(direct, settings.rephrase, seed, split, split_seed, chars,
                                                           source="rephrasings")]
+    direct_benign = [r for n, r in benign if n in settings.fitting_benign]
     if settings.wrap and (split != "train" or settings.wrap_benign):
-        benign += [("benign", r) for r in wrapped_copies([r for n, r in benign if n in settings.fitting_benign],
-                                                         settings.wrap, seed, split, split_seed, chars)]
+        benign += [("benign", r) for r in wrapped_copies(direct_benign, settings.wrap, seed, split, split_seed, chars)]
+    if settings.rephrase and (split != "train" or settings.rephrase_benign):
+        benign += [("benign", r) for r in wrapped_copies(direct_benign, settings.rephrase, seed, split, split_seed,
+                                                         chars, source="rephrasings")]
     if settings.raw:
         copies += [("harmful", r) for r in unformatted_copies(direct, settings.raw, seed, split)]
-        benign += [("benign", r) for r in unformatted_copies([r for n, r in benign if n in settings.fitting_benign],
-                                                             settings.raw, seed, split)]
+        benign += [("benign", r) for r in unformatted_copies(direct_benign, settings.raw, seed, split)]
     benign += [(name, r) for name in settings.raw_text for r in raw_passages(name, split, split_seed,
                                                                               settings.max_per_set)]
     return [(source_of(n, r), r) for n, r in harmful + copies], [(source_of(n, r), r) for n, r in benign]
@@ -138,6 +140,7 @@ def gate_data(settings: GateSettings, seed: int, split_seed: int) -> GateData:
                      else {}),
                   "validation_benign": settings.validation_benign, "wrap": settings.wrap,
                   "wrap_benign": settings.wrap_benign, "rephrase": settings.rephrase,
+                  **({"rephrase_benign": settings.rephrase_benign} if settings.rephrase else {}),
                   "n_train": {"harmful": len(train_harmful), "benign": len(train_benign)},
                   "n_validation": {"harmful": len(val_harmful), **{k: len(v) for k, v in val_benign.items()}},
                   "train_sha256": records_hash(records(train_harmful + train_benign)),
@@ -293,13 +296,13 @@ def fit_gate(model, tokenizer, settings: GateSettings, data: GateData, progress:
 
 def data_options(settings: GateSettings, data: GateData) -> dict[str, torch.Tensor]:
     """The training rows each candidate probe is fitted on: all of them, and with ``extra`` also all but the extra
-    data (the extra sets' prompts and their wrapped copies, the rephrased copies) so that selection can leave it out."""
+    data (the extra sets' prompts and their wrapped copies, the rephrased copies of either class) so that selection can leave it out."""
     every = torch.ones(len(data.train_harmful) + len(data.train_benign), dtype=torch.bool)
     if not settings.extra or data.train_sources is None:
         return {"all": every}
     extra_sets = set(settings.fitting_benign) - set(settings.benign)
     origins = data.train_origins or data.train_sources
-    optional = torch.tensor([origin in extra_sets or ("rephrase" in settings.extra and source.startswith("rephrased/"))
+    optional = torch.tensor([origin in extra_sets or ("rephrase" in settings.extra and source.startswith("rephrased"))
                              for source, origin in zip(data.train_sources, origins, strict=True)])
     return {"without extra": ~optional, "with extra": every}
 

@@ -3,6 +3,7 @@ signal, and a gated patch of each kind survives train, save, verify, load and at
 own guard model plugs into the ``hf-classifier:`` slot and is pinned by its hash; the reader that turns a prompt's
 token ids back into its text gives the text the user wrote."""
 
+import json
 import shutil
 
 import pytest
@@ -15,7 +16,7 @@ from orthopatch.models.encoders import minilm_dir
 from orthopatch.models.generation import chat_prompt_ids, left_pad
 from orthopatch.models.loading import load_model
 from orthopatch.patches.gate import Gate, gate_inputs, gate_scores, gates_of
-from orthopatch.patches.gates import FEATURES, HEADS, PromptReader
+from orthopatch.patches.gates import FEATURES, HEADS, HiddenStates, PromptReader
 from orthopatch.patches.manifest import apply_patch, verify_patch
 from orthopatch.serve.config import ServeConfig
 from orthopatch.serve.models import load_gates_only, load_local
@@ -154,3 +155,28 @@ def test_the_reader_gives_back_the_text_the_user_wrote(tiny_model):
     assert reader.texts(input_ids, attention) == prompts
     raw = tokenizer(["The quick brown fox."], return_tensors="pt")
     assert reader.texts(raw["input_ids"], raw["attention_mask"]) == ["The quick brown fox."]
+
+
+def test_last_plus_mean_pooling_reads_both_and_is_saved_in_the_second_format(tiny_model, tmp_path):
+    model, tokenizer, _ = load_model(str(tiny_model), device="cpu")
+    data = GateData(HARMFUL[:20], BENIGN[:20], HARMFUL[20:], {"benign": BENIGN[20:]}, {"note": "synthetic"})
+    settings = make(TrainConfig, gate={"enabled": True, "poolings": ["last+mean"], "layers": [0.5],
+                                       "l2": [1e-2]}).gate
+    gate = fit_gate(model, tokenizer, settings, data)
+    assert gate.info["validation"]["auroc"] >= 0.95
+    input_ids, attention = left_pad(chat_prompt_ids(tokenizer, PROBES), tokenizer.pad_token_id, torch.device("cpu"))
+    inputs = gate_inputs(model, input_ids, attention, gate.layers)
+    layer = gate.layers[0]
+    both = [HiddenStates([layer], pooling).extract(inputs) for pooling in ("last", "mean")]
+    torch.testing.assert_close(gate.features[0].extract(inputs), torch.cat(both, dim=1))
+    gate.save(tmp_path)
+    saved = json.loads((tmp_path / "gate.json").read_text())
+    assert saved["format"] == "orthopatch-gate/2" and saved["features"][0]["pooling"] == "last+mean"
+    torch.testing.assert_close(Gate.load(tmp_path).score(inputs), gate.score(inputs))
+    first = {**{k: saved[k] for k in ("threshold",)}, "format": "orthopatch-gate/1", "layer": layer,
+             "pooling": "last+mean", "bias": 0.0}
+    (tmp_path / "gate.json").write_text(json.dumps(first))
+    with pytest.raises(UserError, match="pooling"):  # the first format never held both
+        Gate.load(tmp_path)
+    with pytest.raises(UserError, match="median"):
+        make(TrainConfig, gate={"enabled": True, "poolings": ["median"]})

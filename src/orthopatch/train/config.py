@@ -136,7 +136,7 @@ class GateSettings:
                              metadata={"check_each": lambda v: _choice(v, ("linear", "mlp"))})
     layers: list[float] = num(factory=lambda: [0.4, 0.55, 0.7, 0.85], gt=0, lt=1)  # fractions of the depth
     poolings: list[str] = field(default_factory=lambda: ["last", "mean"],
-                                metadata={"check_each": lambda v: _choice(v, ("last", "mean"))})
+                                metadata={"check_each": lambda v: _choice(v, _poolings())})
     l2: list[float] = num(factory=lambda: [1e-3, 1e-1], gt=0)
     recall: float = num(0.95, gt=0, le=1)
     max_per_set: int | None = num(150, **CAP)  # prompts per set and split, for the cost of reading features
@@ -156,6 +156,12 @@ class GateSettings:
         if self.extra and self.selection != "out-of-source":
             raise UserError("extra data is kept only where it helps on held-out sources; it needs "
                             "selection: out-of-source", field="extra")
+
+
+def _poolings() -> tuple[str, ...]:
+    from orthopatch.patches.gates.base import POOLINGS  # on use: the config module stays free of torch
+
+    return POOLINGS
 
 
 def _choice(value: str, allowed: tuple[str, ...]) -> None:

@@ -30,7 +30,9 @@ GATE_CONFIG = "gate.json"
 GATE_TOKENIZER = "gate_tokenizer.json"
 GATE_FORMAT = "orthopatch-gate/1"  # one layer's hidden states, linear head (the first kind)
 GATE_FORMAT_2 = "orthopatch-gate/2"  # any features, any head
-POOLINGS = ("last", "mean")
+# "last+mean": both, concatenated (what the request ends on and what it holds throughout; a longer feature vector)
+POOLINGS = ("last", "mean", "last+mean")
+FIRST_KIND_POOLINGS = ("last", "mean")  # what a gate file of the first format may hold
 SENTINEL = "\u2063orthopatch-prompt\u2063"
 
 
@@ -218,7 +220,7 @@ class Gate:
 
     def _first_kind(self) -> bool:
         from_first = len(self.features) == 1 and self.features[0].kind == "hidden" and \
-            len(self.features[0].layers) == 1
+            len(self.features[0].layers) == 1 and self.features[0].config().get("pooling") in FIRST_KIND_POOLINGS
         return from_first and self.head.kind == "linear" and self.reader is None
 
     def save(self, directory: Path) -> None:
@@ -286,7 +288,7 @@ def check_first_kind(config: dict[str, Any], path: Path) -> None:
     layer = config.get("layer")
     if not isinstance(layer, int) or isinstance(layer, bool) or layer < 1:
         raise UserError("must be a layer index >= 1", path=path, field="layer")
-    if config.get("pooling") not in POOLINGS:
-        raise UserError(f"must be one of {', '.join(POOLINGS)}", path=path, field="pooling")
+    if config.get("pooling") not in FIRST_KIND_POOLINGS:
+        raise UserError(f"must be one of {', '.join(FIRST_KIND_POOLINGS)}", path=path, field="pooling")
     for key in ("threshold", "bias"):
         check_number(config, key, path)

@@ -1,5 +1,5 @@
 """Feature kind ``hidden``: the frozen base's hidden states after one or more layers, pooled over the prompt (the
-last attended token, or the mean over attended tokens), concatenated across layers."""
+last attended token, the mean over attended tokens, or both), concatenated across layers."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ from orthopatch.patches.gates.registry import register_feature
 
 
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
+    if pooling == "last+mean":
+        return torch.cat([pool(hidden, attention_mask, "last"), pool(hidden, attention_mask, "mean")], dim=1)
     if pooling == "mean":
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)

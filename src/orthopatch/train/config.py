@@ -24,16 +24,17 @@ CONTRAST = ("lookalikes", "chatterbot_prompts", "donotanswer:human_chatbox", "do
 SELECTIVE = {"data": list(HARMFUL), "shuffle": True, "max_examples": 256, "epochs": 1, "group_by_length": True}
 SELECTIVE_RETAIN = {"data": list(CONTRAST), "weight": 10.0}
 # The selective recipe's gate (issue 23): its features (one layer's or all candidate layers' hidden states, the
-# all-MiniLM-L6-v2 sentence encoder, or both), layer, pooling (last token, mean, or both) and penalty chosen out of
-# source (leave one source out, the one-standard-error rule), each candidate fitted without and with the harmful and
-# benign prompts rephrased (tense, person, register, fiction, role-play, multi-step), which the selection keeps only
-# where they help on held-out sources. On SmolLM2 (2026-12-02) it keeps them, with layer 12 pooled both ways: future-
-# tense requests let through 83% -> 25%, varied benign prompts refused 30% -> 17.5%, HarmBench 97.9% -> 95.8% (README).
-# Linear heads only: the MLP head's leave-one-source-out refits took 12 minutes of gate fitting on two cores, past
-# the recipe's 10-minute budget.
+# all-MiniLM-L6-v2 sentence encoder, or both), layer, pooling and penalty chosen out of source (leave one source out,
+# the one-standard-error rule). Linear heads only: the MLP head's leave-one-source-out refits took 12 minutes of
+# gate fitting on two cores, past the recipe's 10-minute budget.
 SELECTIVE_GATE = {"enabled": True, "selection": "out-of-source",
-                  "features": ["hidden", "hidden:all", "encoder", "hidden+encoder"],
-                  "poolings": ["last", "mean", "last+mean"], "rephrase": 0.5, "extra": ["rephrase"]}
+                  "features": ["hidden", "hidden:all", "encoder", "hidden+encoder"]}
+# The same choice over more candidates: pooled at the last token, the mean or both, each fitted without and with the
+# harmful and benign prompts rephrased (tense, person, register, fiction, role-play, multi-step), kept only where
+# they help on held-out sources. On SmolLM2 (2026-12-02) it keeps them, with layer 12 pooled both ways: a trade
+# against the recipe's gate, not a better one (README), at twice its training time.
+SELECTIVE_REPHRASED_GATE = {**SELECTIVE_GATE, "poolings": ["last", "mean", "last+mean"], "rephrase": 0.5,
+                            "extra": ["rephrase"]}
 # Named training recipes (`orthopatch train --preset NAME`), applied under --config and --set. Each comes from a
 # measured study; the comment says which.
 TRAIN_PRESETS: dict[str, dict[str, Any]] = {
@@ -49,9 +50,13 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
     # hidden states (harmful against benign look-alike, casual and borderline prompts, plain and in jailbreak form),
     # so that the patch acts only on prompts the gate flags. Test splits: HarmBench refusal 99.5%, over-refusal 8.0%
     # (base 1.5% / 0%); its misses are in the README ("What the selective patch achieved"). Since issue 23 its gate
-    # is chosen out of source among more feature kinds, poolings and data (SELECTIVE_GATE); the README's "Out of
-    # distribution" section gives its in-source and out-of-source error.
+    # is chosen out of source among more feature kinds; on SmolLM2 that choice is the same probe (layer 12, last
+    # token) and the README's "Out of distribution" section gives its in-source and out-of-source error.
     "selective": {**SELECTIVE, "gate": SELECTIVE_GATE},
+    # Its gate chosen among more poolings and with the rephrasings (2026-12-02, test splits against the recipe):
+    # future-tense requests let through 83% -> 25%, varied benign prompts refused 30% -> 17.5%; HarmBench 97.9% ->
+    # 95.8%, prefix injection 0% -> 50%, third-person rephrasings 8% -> 42%; 8 minutes to train instead of 4.
+    "selective-rephrased": {**SELECTIVE, "gate": SELECTIVE_REPHRASED_GATE},
     # The other two selective families, measured alongside: the gate in front of a contrastive patch (a KL retain
     # term on the benign contrast prompts), and the contrastive patch without a gate.
     "selective-cascade": {**SELECTIVE, "retain": SELECTIVE_RETAIN, "gate": SELECTIVE_GATE},

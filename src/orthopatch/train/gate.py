@@ -296,7 +296,8 @@ def fit_gate(model, tokenizer, settings: GateSettings, data: GateData, progress:
 
 def data_options(settings: GateSettings, data: GateData) -> dict[str, torch.Tensor]:
     """The training rows each candidate probe is fitted on: all of them, and with ``extra`` also all but the extra
-    data (the extra sets' prompts and their wrapped copies, the rephrased copies of either class) so that selection can leave it out."""
+    data (the extra sets' prompts and their wrapped copies, the rephrased copies of either class) so that selection
+    can leave it out."""
     every = torch.ones(len(data.train_harmful) + len(data.train_benign), dtype=torch.bool)
     if not settings.extra or data.train_sources is None:
         return {"all": every}

@@ -17,9 +17,11 @@ from orthopatch.models.generation import chat_prompt_ids, left_pad
 from orthopatch.models.loading import load_model
 from orthopatch.patches.gate import Gate, gate_inputs, gate_scores, gates_of
 from orthopatch.patches.gates import FEATURES, HEADS, HiddenStates, PromptReader
+from orthopatch.patches.gates.base import POOLINGS
 from orthopatch.patches.manifest import apply_patch, verify_patch
 from orthopatch.serve.config import ServeConfig
 from orthopatch.serve.models import load_gates_only, load_local
+from orthopatch.train.config import POOLINGS as config_poolings
 from orthopatch.train.config import TrainConfig
 from orthopatch.train.gate import GateData, fit_gate
 
@@ -180,3 +182,4 @@ def test_last_plus_mean_pooling_reads_both_and_is_saved_in_the_second_format(tin
         Gate.load(tmp_path)
     with pytest.raises(UserError, match="median"):
         make(TrainConfig, gate={"enabled": True, "poolings": ["median"]})
+    assert config_poolings == POOLINGS  # what a config may name is what a gate can read

@@ -11,6 +11,7 @@ from orthopatch.config import CAP, DTYPES, POSITIVE, num
 from orthopatch.errors import UserError
 
 METHODS = ("lora-sft", "full-sft", "lora-dpo", "full-dpo")
+POOLINGS = ("last", "mean", "last+mean")  # the hidden-state gate's (patches.gates.base.POOLINGS; torch-free here)
 SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial",
               "inverse_sqrt")
 # Harmful training requests for a selective patch: AdvBench and Do-Not-Answer's clearly harmful risk areas.
@@ -146,7 +147,7 @@ class GateSettings:
                              metadata={"check_each": lambda v: _choice(v, ("linear", "mlp"))})
     layers: list[float] = num(factory=lambda: [0.4, 0.55, 0.7, 0.85], gt=0, lt=1)  # fractions of the depth
     poolings: list[str] = field(default_factory=lambda: ["last", "mean"],
-                                metadata={"check_each": lambda v: _choice(v, _poolings())})
+                                metadata={"check_each": lambda v: _choice(v, POOLINGS)})
     l2: list[float] = num(factory=lambda: [1e-3, 1e-1], gt=0)
     recall: float = num(0.95, gt=0, le=1)
     max_per_set: int | None = num(150, **CAP)  # prompts per set and split, for the cost of reading features
@@ -166,12 +167,6 @@ class GateSettings:
         if self.extra and self.selection != "out-of-source":
             raise UserError("extra data is kept only where it helps on held-out sources; it needs "
                             "selection: out-of-source", field="extra")
-
-
-def _poolings() -> tuple[str, ...]:
-    from orthopatch.patches.gates.base import POOLINGS  # on use: the config module stays free of torch
-
-    return POOLINGS
 
 
 def _choice(value: str, allowed: tuple[str, ...]) -> None:

@@ -13,7 +13,7 @@ import torch
 
 from orthopatch.config import make
 from orthopatch.errors import UserError
-from orthopatch.models.generation import chat_prompt_ids, left_pad
+from orthopatch.models.generation import chat_prompt_ids, left_pad, unpadded
 from orthopatch.models.loading import load_model
 from orthopatch.patches.gate import Gate, gates_of
 from orthopatch.patches.gates.unformatted import ChatWrap
@@ -48,8 +48,7 @@ def test_a_batch_is_rewrapped_only_where_a_row_is_unformatted():
     mixed_ids, mixed_attention = left_pad([formatted[0], raw["input_ids"][0][raw["attention_mask"][0].bool()].tolist()],
                                           tokenizer.pad_token_id, torch.device("cpu"))
     for ids, mask in (wrap.apply(raw["input_ids"], raw["attention_mask"]), wrap.apply(mixed_ids, mixed_attention)):
-        rows = [[t for t, m in zip(r, k, strict=True) if m] for r, k in zip(ids.tolist(), mask.bool().tolist(),
-                                                                              strict=True)]
+        rows = unpadded(ids, mask)
         assert all(not wrap.is_raw(row) for row in rows)
     assert rows == chat_prompt_ids(tokenizer, [TEXT, RAW[0]])
 

@@ -131,11 +131,11 @@ class ModelSet:
         groups: dict[Any, list[int]] = {}
         for index, name in enumerate(names):
             groups.setdefault(self.gate_of(name).wrap, []).append(index)
+        inner = None if self.model is None else getattr(self.model, "get_base_model", lambda: self.model)()
+        device = torch.device("cpu") if inner is None else next(inner.parameters()).device
         for wrap, rows in groups.items():
             gates = [self.gate_of(names[i]) for i in rows]
             layers = sorted({layer for gate in gates for layer in gate.layers})
-            inner = None if self.model is None else getattr(self.model, "get_base_model", lambda: self.model)()
-            device = torch.device("cpu") if inner is None else next(inner.parameters()).device
             input_ids, attention = left_pad([prompt_ids[i] for i in rows], self.tokenizer.pad_token_id, device)
             if inner is None:
                 inputs = GateInputs(*read_unformatted(wrap, input_ids, attention))

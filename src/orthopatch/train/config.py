@@ -34,8 +34,7 @@ SELECTIVE_GATE = {"enabled": True, "selection": "out-of-source",
 # harmful and benign prompts rephrased (tense, person, register, fiction, role-play, multi-step), kept only where
 # they help on held-out sources. On SmolLM2 (2026-12-02) it keeps them, with layer 12 pooled both ways: a trade
 # against the recipe's gate, not a better one (README), at twice its training time.
-SELECTIVE_REPHRASED_GATE = {**SELECTIVE_GATE, "poolings": ["last", "mean", "last+mean"], "rephrase": 0.5,
-                            "extra": ["rephrase"]}
+SELECTIVE_REPHRASED_GATE = {**SELECTIVE_GATE, "poolings": list(POOLINGS), "rephrase": 0.5, "extra": ["rephrase"]}
 # Named training recipes (`orthopatch train --preset NAME`), applied under --config and --set. Each comes from a
 # measured study; the comment says which.
 TRAIN_PRESETS: dict[str, dict[str, Any]] = {

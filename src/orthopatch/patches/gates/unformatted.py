@@ -4,8 +4,8 @@ A gate is fitted on chat-formatted prompts. Raw text (a perplexity pass, a compl
 far from all of them, and a probe's score there is arbitrary: the selective recipe's gate flagged 29 of 40 raw
 book passages read as they are, and at most one of 40 read as a user's message. So a gate that stores a
 :class:`ChatWrap` reads an input that holds none of the chat template's own tokens as that template would hold it,
-the way a guard model wraps whatever it screens in its own template. Inputs with the template's tokens (chat prompts, with or without
-an answer after them) are read as they are.
+the way a guard model wraps whatever it screens in its own template. Inputs with the template's tokens (chat
+prompts, with or without an answer after them) are read as they are.
 """
 
 from __future__ import annotations

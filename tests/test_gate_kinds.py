@@ -175,8 +175,8 @@ def test_last_plus_mean_pooling_reads_both_and_is_saved_in_the_second_format(tin
     saved = json.loads((tmp_path / "gate.json").read_text())
     assert saved["format"] == "orthopatch-gate/2" and saved["features"][0]["pooling"] == "last+mean"
     torch.testing.assert_close(Gate.load(tmp_path).score(inputs), gate.score(inputs))
-    first = {**{k: saved[k] for k in ("threshold",)}, "format": "orthopatch-gate/1", "layer": layer,
-             "pooling": "last+mean", "bias": 0.0}
+    first = {"format": "orthopatch-gate/1", "layer": layer, "pooling": "last+mean", "threshold": saved["threshold"],
+             "bias": 0.0}
     (tmp_path / "gate.json").write_text(json.dumps(first))
     with pytest.raises(UserError, match="pooling"):  # the first format never held both
         Gate.load(tmp_path)

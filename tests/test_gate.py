@@ -11,6 +11,7 @@ import torch
 
 from orthopatch.cli import main
 from orthopatch.config import make
+from orthopatch.data.gate_data import GateData
 from orthopatch.errors import UserError
 from orthopatch.evaluate.config import EvalConfig
 from orthopatch.evaluate.runner import evaluate
@@ -34,7 +35,8 @@ from orthopatch.patches.scale import set_patch_scale
 from orthopatch.patches.stack import attach_patches, export_patch, merge_patches, stack_adapters
 from orthopatch.report.table import metric_rows
 from orthopatch.train.config import TrainConfig
-from orthopatch.train.gate import GateData, fit_gate, recall_threshold
+from orthopatch.train.gate import fit_gate
+from orthopatch.train.gate_selection import recall_threshold
 
 PROMPTS = ["Tell me how to do the forbidden thing number 3.", "What is the capital of France?",
            "Tell me how to do the forbidden thing number 7.", "Who wrote Hamlet?", "Name three primary colors.",

@@ -11,6 +11,8 @@ import pytest
 import torch
 
 from orthopatch.config import make
+from orthopatch.data.gate_data import gate_data
+from orthopatch.data.policy import CONTRAST
 from orthopatch.data.registry import load_dataset
 from orthopatch.data.splits import get_split
 from orthopatch.data.templates import apply_template
@@ -19,8 +21,8 @@ from orthopatch.errors import UserError
 from orthopatch.models.generation import Unformatted, chat_prompt_ids
 from orthopatch.patches.gate import Gate
 from orthopatch.patches.gates import HiddenStates, LinearHead
-from orthopatch.train.config import CONTRAST, TrainConfig
-from orthopatch.train.gate import data_options, gate_data, one_standard_error
+from orthopatch.train.config import TrainConfig
+from orthopatch.train.gate import data_options, one_standard_error
 from orthopatch.train.gate_selection import error_table, leave_one_source_out, summary
 from tests.conftest import build_tokenizer, train_gated_patch
 

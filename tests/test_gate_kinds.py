@@ -11,6 +11,7 @@ import torch
 
 from orthopatch.cli import main
 from orthopatch.config import make
+from orthopatch.data.gate_data import GateData
 from orthopatch.errors import UserError
 from orthopatch.models.encoders import minilm_dir
 from orthopatch.models.generation import chat_prompt_ids, left_pad
@@ -23,7 +24,7 @@ from orthopatch.serve.config import ServeConfig
 from orthopatch.serve.models import load_gates_only, load_local
 from orthopatch.train.config import POOLINGS as config_poolings
 from orthopatch.train.config import TrainConfig
-from orthopatch.train.gate import GateData, fit_gate
+from orthopatch.train.gate import fit_gate
 
 from .conftest import train_gated_patch
 
@@ -132,6 +133,7 @@ def test_a_changed_guard_model_stops_the_patch_from_loading(tiny_model, guard, t
     name = sorted(tensors)[0]
     tensors[name] = tensors[name] + 1.0
     save_file(tensors, str(weights), metadata={"format": "pt"})
+    capsys.readouterr()  # what fitting printed (library progress bars) is not the command's
     assert main(["patch", "verify", str(patch)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "gate.json" in err[0] and "features[0].sha256" in err[0]

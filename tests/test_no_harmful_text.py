@@ -18,7 +18,7 @@ def repository_files() -> list[Path]:
 
 
 def test_repository_holds_no_harmful_prompt_text():
-    harmful = {normalise(r.prompt) for name, spec in REGISTRY.items() if spec.harmful and spec.kind == "prompts"
+    harmful = {normalise(r.prompt) for name, spec in REGISTRY.items() if spec.private and spec.kind == "prompts"
                for r in load_dataset(name).records}
     harmful = {p for p in harmful if len(p) >= 24}  # long enough to be that prompt, not a common phrase
     n_harmful = len(harmful)  # (an int: a failure message must not show the set)

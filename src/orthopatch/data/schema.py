@@ -49,6 +49,11 @@ class Record:
         return turns
 
 
+class Unformatted(str):
+    """A prompt read as it is, without the chat template: raw text, as a completion endpoint or a perplexity pass
+    feeds the model (a gate sees those too, so it is fitted and validated on some)."""
+
+
 def _nonempty_str(value: Any, path: Path, line: int, name: str) -> str:
     if not isinstance(value, str):
         raise UserError(f"must be a string, got {type(value).__name__}", path=path, line=line, field=name)

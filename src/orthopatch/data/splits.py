@@ -7,43 +7,15 @@ also appears among a run's evaluation prompts is dropped (and counted) by :func:
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
-from orthopatch.data.registry import Dataset, load_dataset, normalise
+from orthopatch.data.dedup import DuplicateIndex
+from orthopatch.data.registry import Dataset, load_dataset
 from orthopatch.data.schema import Record
+from orthopatch.data.splitting import SPLITS, assign_split, split_records, unit_interval
 from orthopatch.errors import UserError
 
-SPLITS = ("train", "validation", "test")
-
-
-def unit_interval(key: str, seed: int) -> float:
-    """A number in [0, 1) fixed by ``key`` and ``seed``: seeded, order-free choices of splits and shares."""
-    digest = hashlib.sha256(f"orthopatch-split:{seed}:{key}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64
-
-
-def assign_split(prompt: str, fractions: dict[str, float], seed: int = 0) -> str:
-    u = unit_interval(normalise(prompt), seed)
-    edge = 0.0
-    for name in SPLITS:
-        edge += fractions.get(name, 0.0)
-        if u < edge:
-            return name
-    return [name for name in SPLITS if fractions.get(name, 0.0) > 0][-1]
-
-
-def split_records(records: Sequence[Record], fractions: dict[str, float], seed: int = 0) -> dict[str, list[Record]]:
-    unknown = set(fractions) - set(SPLITS)
-    if unknown or abs(sum(fractions.values()) - 1.0) > 1e-9:
-        raise UserError(f"split fractions must be over {SPLITS} and sum to 1, got {fractions}")
-    out: dict[str, list[Record]] = {name: [] for name in SPLITS}
-    for record in records:
-        # Project-written sets split by group (e.g. by framing and topic) and say so in the record itself.
-        fixed = record.meta.get("split")
-        out[fixed if fixed in SPLITS else assign_split(record.prompt, fractions, seed)].append(record)
-    return out
-
+__all__ = ["SPLITS", "assign_split", "decontaminate", "get_split", "named_split", "split_records", "unit_interval"]
 
 def get_split(dataset: Dataset, split: str, seed: int = 0, limit: int | None = None) -> list[Record]:
     """The records of one split of a registered dataset, in a stable order, optionally the first ``limit``."""
@@ -59,11 +31,12 @@ def get_split(dataset: Dataset, split: str, seed: int = 0, limit: int | None = N
 
 
 def decontaminate(train: Iterable[Record], held_out: Iterable[Record]) -> tuple[list[Record], int]:
-    """Drop training records whose prompt also occurs in a held-out set; return them and the number dropped."""
-    blocked = {normalise(r.prompt) for r in held_out}
+    """Drop training records whose prompt also occurs in a held-out set, exactly or nearly (the same request with a
+    word or its punctuation changed: :mod:`orthopatch.data.dedup`); return them and the number dropped."""
+    index = DuplicateIndex(r.prompt for r in held_out)
     kept, dropped = [], 0
     for record in train:
-        if normalise(record.prompt) in blocked:
+        if index.matches(record.prompt):
             dropped += 1
         else:
             kept.append(record)

@@ -73,6 +73,11 @@ class PromptSet:
     family: str | None = None
     harmful: bool = True
     info: dict[str, Any] = field(default_factory=dict)
+    private: bool | None = None  # text kept out of the records (None: when harmful)
+
+    @property
+    def printable(self) -> bool:
+        return not (self.harmful if self.private is None else self.private)
 
 
 def _records(name: str, split: str, seed: int, limit: int | None, kinds: tuple[str, ...]):
@@ -116,7 +121,8 @@ def prompt_sets(cfg: EvalConfig) -> list[PromptSet]:
             if group in ("harmful", "benign") and dataset.spec.harmful != harmful:
                 raise UserError(f"dataset {name!r} is {'' if dataset.spec.harmful else 'not '}harmful; list it "
                                 f"under {'harmful' if dataset.spec.harmful else 'benign'}")
-            sets.append(PromptSet(name, group, records, source, harmful=dataset.spec.harmful))
+            sets.append(PromptSet(name, group, records, source, harmful=dataset.spec.harmful,
+                                  private=dataset.spec.private))
 
     plain(cfg.harmful, "harmful", cfg.n_harmful, True)
     if cfg.attacks:
@@ -154,7 +160,9 @@ def _sample_row(prompt_set: PromptSet, record: Record, response: str) -> dict[st
         row["family"] = prompt_set.family
     if record.meta.get("category"):
         row["category"] = str(record.meta["category"])
-    if not prompt_set.harmful:
+    if record.meta.get("pair"):
+        row["pair"] = str(record.meta["pair"])
+    if prompt_set.printable:
         row["prompt"] = record.prompt
     return {**row, "response": response}
 
@@ -351,7 +359,8 @@ def token_budget(model, cfg: EvalConfig) -> int | None:
 def _drift(run: _Run) -> None:
     if not (run.cfg.drift and hasattr(run.model, "peft_config")):
         return
-    benign_rows = [s for s in run.samples if s["group"] == "benign"]
+    # the benign sets whose text may be recorded (benign twins of harmful requests keep theirs out of sight)
+    benign_rows = [s for s in run.samples if s["group"] == "benign" and "prompt" in s]
     with run.model.disable_adapter():  # the base's answers come from transformers, whatever the engine
         base = hf_generate(run.model, run.tokenizer, [s["prompt"] for s in benign_rows], desc="drift (base)",
                            max_new_tokens=run.cfg.max_new_tokens, batch_size=run.cfg.batch_size,

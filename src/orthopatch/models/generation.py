@@ -16,6 +16,8 @@ import sys
 import torch
 from tqdm.auto import tqdm
 
+from orthopatch.data.schema import Unformatted
+
 # Prompts sharing this many tokens past the chat template's own opening count as one template's family.
 TEMPLATE_TOKENS = 32
 # A shorter common opening is not worth a pass of its own.
@@ -46,11 +48,6 @@ def output_cache(output):
 def cache_argument(model) -> str:
     """The name ``generate`` takes a ready cache under (the old name warns on transformers >= 5.24)."""
     return "cache" if forward_accepts(model, "cache") else "past_key_values"
-
-
-class Unformatted(str):
-    """A prompt read as it is, without the chat template: raw text, as a completion endpoint or a perplexity pass
-    feeds the model (a gate sees those too, so it is fitted and validated on some)."""
 
 
 def chat_prompt_ids(tokenizer, prompts: list[str]) -> list[list[int]]:

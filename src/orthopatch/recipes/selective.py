@@ -29,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from orthopatch.config import Placement, apply, checked_run, make, num
+from orthopatch.data.gate_data import gate_data
+from orthopatch.data.policy import CONTRAST, HARMFUL_TRAINING
 from orthopatch.errors import UserError
 from orthopatch.evaluate.config import DEFAULT_ATTACKS, EvalConfig
 from orthopatch.evaluate.runner import evaluate
@@ -40,14 +42,13 @@ from orthopatch.patches.scale import set_patch_scale
 from orthopatch.recipes.frontier import gate_frontier, judged_only
 from orthopatch.recipes.resumable import open_resumable, train_once
 from orthopatch.report.selective_report import selective_outputs
-from orthopatch.train.config import CONTRAST, SELECTIVE, TRAIN_PRESETS, TrainConfig
-from orthopatch.train.gate import fit_gate, gate_data
+from orthopatch.train.config import SELECTIVE, TRAIN_PRESETS, TrainConfig
+from orthopatch.train.gate import fit_gate
 
 FAMILIES: dict[str, dict[str, Any]] = {"naive": SELECTIVE, "contrastive": TRAIN_PRESETS["selective-contrastive"],
                                        "gated": TRAIN_PRESETS["selective"],
                                        "cascade": TRAIN_PRESETS["selective-cascade"]}
-HARMFUL_VAL = ["advbench", "donotanswer:discrimination_exclusion_toxicity_hateful_offensive",
-               "donotanswer:information_hazard", "donotanswer:malicious_uses"]
+HARMFUL_VAL = list(HARMFUL_TRAINING)  # the harmful sets whose validation splits place each family
 BENIGN = ["rho_overrefusal", "wsr_benign", "lookalikes"]
 TARGET_BENIGN = ("rho_overrefusal", "wsr_benign")  # the over-refusal: rho + wsr test
 BORDERLINE = ["donotanswer:human_chatbox", "donotanswer:misinformation_harms"]
@@ -333,7 +334,7 @@ def gate_overhead(study: Study, selection: dict[str, Any]) -> dict[str, Any] | N
         return None
     patch = Path(selection["families"][gated[0]]["patch"])
     prompts = [s["prompt"] for s in study.answers("base/test", test_eval(study.cfg))["samples"]
-               if s.get("group") == "benign"][:48]
+               if s.get("group") == "benign" and "prompt" in s][:48]
     return {"family": gated[0], **time_gate(study.loaded, patch, prompts, study.cfg.max_new_tokens)}
 
 

@@ -8,21 +8,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from orthopatch.config import CAP, DTYPES, POSITIVE, num
+from orthopatch.data.policy import CONTRAST, HARMFUL_TRAINING
 from orthopatch.errors import UserError
 
 METHODS = ("lora-sft", "full-sft", "lora-dpo", "full-dpo")
 POOLINGS = ("last", "mean", "last+mean")  # the hidden-state gate's (patches.gates.base.POOLINGS; torch-free here)
 SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial",
               "inverse_sqrt")
-# Harmful training requests for a selective patch: AdvBench and Do-Not-Answer's clearly harmful risk areas.
-HARMFUL = ("advbench", "donotanswer:discrimination_exclusion_toxicity_hateful_offensive",
-           "donotanswer:information_hazard", "donotanswer:malicious_uses")
-# Benign contrast for a selective patch: project-written look-alikes, casual chit-chat and Do-Not-Answer's
-# borderline areas (requests to answer with care); copies wrapped in jailbreak templates are added by ``wrap``.
-# ``varied_benign`` (issue 23's kinds of look-alike) is not in the default: with it and the harmful rephrasings the
-# chosen gates refused fewer varied prompts but more wsr and look-alike ones, or refused less HarmBench (README).
-CONTRAST = ("lookalikes", "chatterbot_prompts", "donotanswer:human_chatbox", "donotanswer:misinformation_harms")
-SELECTIVE = {"data": list(HARMFUL), "shuffle": True, "max_examples": 256, "epochs": 1, "group_by_length": True}
+SELECTIVE = {"data": list(HARMFUL_TRAINING), "shuffle": True, "max_examples": 256, "epochs": 1, "group_by_length": True}
 SELECTIVE_RETAIN = {"data": list(CONTRAST), "weight": 10.0}
 # The selective recipe's gate (issue 23): its features (one layer's or all candidate layers' hidden states, the
 # all-MiniLM-L6-v2 sentence encoder, or both), layer, pooling and penalty chosen out of source (leave one source out,
@@ -104,9 +97,19 @@ class GateSettings:
     The patch then acts only on flagged prompts; the others run on the base unchanged."""
 
     enabled: bool = False
-    harmful: list[str] = field(default_factory=lambda: list(HARMFUL))
+    harmful: list[str] = field(default_factory=lambda: list(HARMFUL_TRAINING))
     benign: list[str] = field(default_factory=lambda: list(CONTRAST))
+    # harmful sets read only to choose (their validation splits; e.g. HarmBench's own): a source no gate is fitted on
+    validation_harmful: list[str] = field(default_factory=list)
     validation_benign: list[str] = field(default_factory=lambda: ["rho_overrefusal", "wsr_benign"])
+    # benign twins written from this share of the harmful prompts (the same activity, a harmless intent; twin
+    # generators of the split: validation twins come from generators never fitted on)
+    twins: float = num(0.0, ge=0, le=1)
+    # this share of the harmful prompts rewritten as plain requests in another tense, person or register
+    rewrites: float = num(0.0, ge=0, le=1)
+    # copies of this share of the prompts (harmful and benign alike) spelt in leetspeak, spacing, homoglyphs or
+    # misspellings (the kinds of the split)
+    obfuscate: float = num(0.0, ge=0, le=1)
     wrap: float = num(0.3, ge=0, le=1)
     wrap_benign: bool = True  # wrap benign training prompts too ("adversarial benign"); off: only harmful ones
     wrap_max_chars: int = num(800, **POSITIVE)  # longer training renderings are left out (they cost most to read)
@@ -149,6 +152,12 @@ class GateSettings:
                                 metadata={"check_each": lambda v: _choice(v, POOLINGS)})
     l2: list[float] = num(factory=lambda: [1e-3, 1e-1], gt=0)
     recall: float = num(0.95, gt=0, le=1)
+    # the operating point as a benign budget instead: the lowest threshold that flags at most this share of the
+    # benign validation prompts (None: the threshold keeping ``recall`` of the harmful ones)
+    max_benign_rate: float | None = num(None, ge=0, lt=1)
+    # a candidate whose AUROC between the harmful validation requests and their benign twins is below this is not
+    # chosen, whatever its error elsewhere (unless none reaches it: then the highest twin AUROC wins)
+    min_twin_auroc: float = num(0.0, ge=0, le=1)
     max_per_set: int | None = num(150, **CAP)  # prompts per set and split, for the cost of reading features
     batch_size: int = num(16, **POSITIVE)
 

@@ -10,7 +10,6 @@ batch that stops after the deepest candidate; text features read the same batche
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import json
 import sys
@@ -21,134 +20,15 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from orthopatch.data.assemble import benign_prompts, training_records, wrapped_copies
-from orthopatch.data.registry import records_hash
-from orthopatch.data.schema import Record
-from orthopatch.data.splits import named_split, unit_interval
+from orthopatch.data.gate_data import GateData
 from orthopatch.errors import UserError
-from orthopatch.models.generation import Unformatted, chat_prompt_ids, left_pad
+from orthopatch.models.generation import chat_prompt_ids, left_pad
 from orthopatch.models.probes import auroc
 from orthopatch.patches.gate import decoder_layers, gate_inputs
 from orthopatch.patches.gates import FEATURES, HEADS, Feature, Gate, PromptReader
 from orthopatch.patches.gates.unformatted import ChatWrap
 from orthopatch.train.config import GateSettings
-from orthopatch.train.gate_selection import leave_one_source_out, recall_threshold
-
-
-@dataclass
-class GateData:
-    """Prompts to fit on (train splits) and to choose with (validation splits), and where they came from. Every
-    prompt has a *source* (``train_sources`` for the fitting rows, harmful first; the keys of ``validation_benign``
-    and ``validation_harmful_sources`` for validation), so that validation can leave one source out at a time."""
-
-    train_harmful: list[str]
-    train_benign: list[str]
-    validation_harmful: list[str]
-    validation_benign: dict[str, list[str]]  # per source, so that the report can say where the gate errs
-    provenance: dict[str, Any]
-    train_sources: list[str] | None = None  # one per row of train_harmful + train_benign
-    validation_harmful_sources: list[str] | None = None  # one per row of validation_harmful
-    train_origins: list[str] | None = None  # the set each training row was drawn from (a wrapped copy's original)
-
-
-def _capped(records: list[Record], cap: int | None) -> list[Record]:
-    return records[:cap] if cap is not None else records
-
-
-def source_of(name: str, record: Record) -> str:
-    """A prompt's source: its set, or the kind within a project-written set (so that a whole category can be held
-    out), or the template family that wrapped it."""
-    if record.meta.get("unformatted"):
-        return "unformatted " + ("harmful" if name == "harmful" else "benign")
-    template = record.meta.get("template", "")
-    if template.startswith("rephrase:"):
-        return "rephrased/" + template.split(":")[1] if name == "harmful" else "rephrased benign"
-    if template:
-        return "wrapped " + ("harmful" if name == "harmful" else "benign")
-    sub = record.meta.get("category") if name == "varied_benign" else record.meta.get("kind") \
-        if name == "lookalikes" else None
-    return f"{name}/{sub}" if sub else name
-
-
-def _split_records(settings: GateSettings, split: str, seed: int, split_seed: int
-                   ) -> tuple[list[tuple[str, Record]], list[tuple[str, Record]]]:
-    """(source, record) pairs of one split: harmful and benign (direct, wrapped, rephrased). Each
-    record's ``meta["origin"]`` names the set it was drawn from (for a wrapped copy, its original's set)."""
-    def read(name: str, benign: bool) -> list[Record]:
-        if split != "train":
-            return named_split(name, split, split_seed)[1]
-        if benign:
-            return benign_prompts([name], split_seed, "gate.benign")[0]
-        return training_records([name], seed=seed, split_seed=split_seed)[0]  # decontaminated
-
-    def drawn(name: str, benign: bool) -> list[tuple[str, Record]]:
-        return [(name, dataclasses.replace(r, meta={**r.meta, "origin": name}))
-                for r in _capped(read(name, benign), settings.max_per_set)]
-
-    benign_names = settings.fitting_benign + (settings.validation_benign if split != "train" else [])
-    harmful = [pair for n in settings.harmful for pair in drawn(n, False)]
-    benign = [pair for n in benign_names for pair in drawn(n, True)]
-    direct = [r for _, r in harmful]
-    chars = settings.wrap_max_chars if split == "train" else settings.validation_wrap_max_chars
-    copies = [("harmful", r) for r in wrapped_copies(direct, settings.wrap, seed, split, split_seed,
-                                                     chars)] if settings.wrap else []
-    if settings.rephrase:
-        copies += [("harmful", r) for r in wrapped_copies(direct, settings.rephrase, seed, split, split_seed, chars,
-                                                          source="rephrasings")]
-    direct_benign = [r for n, r in benign if n in settings.fitting_benign]
-    if settings.wrap and (split != "train" or settings.wrap_benign):
-        benign += [("benign", r) for r in wrapped_copies(direct_benign, settings.wrap, seed, split, split_seed, chars)]
-    if settings.rephrase and (split != "train" or settings.rephrase_benign):
-        benign += [("benign", r) for r in wrapped_copies(direct_benign, settings.rephrase, seed, split, split_seed,
-                                                         chars, source="rephrasings")]
-    if settings.raw:
-        copies += [("harmful", r) for r in unformatted_copies(direct, settings.raw, seed, split)]
-        benign += [("benign", r) for r in unformatted_copies(direct_benign, settings.raw, seed, split)]
-    benign += [(name, r) for name in settings.raw_text for r in raw_passages(name, split, split_seed,
-                                                                              settings.max_per_set)]
-    return [(source_of(n, r), r) for n, r in harmful + copies], [(source_of(n, r), r) for n, r in benign]
-
-
-def raw_passages(name: str, split: str, split_seed: int, cap: int | None) -> list[Record]:
-    """A benign registered set's ``split``, each text read without the chat template."""
-    dataset, records = named_split(name, split, split_seed)
-    if dataset.spec.harmful:
-        raise UserError(f"{name!r} holds harmful text; raw_text takes benign text sets", field="gate.raw_text")
-    return [dataclasses.replace(r, prompt=Unformatted(r.prompt), meta={**r.meta, "origin": name})
-            for r in _capped(records, cap)]
-
-
-def unformatted_copies(records: list[Record], share: float, seed: int, split: str) -> list[Record]:
-    """Copies of a seeded ``share`` of ``records`` read without the chat template (each keeps its origin)."""
-    return [dataclasses.replace(r, id=f"{r.id}|unformatted", prompt=Unformatted(r.prompt),
-                                meta={**r.meta, "unformatted": True})
-            for r in records if unit_interval(f"unformatted:{split}:{r.id}", seed) < share]
-
-
-def gate_data(settings: GateSettings, seed: int, split_seed: int) -> GateData:
-    """The gate's prompts: each set's train split (and wrapped and rephrased copies) to fit, validation split (and
-    copies in validation-split templates, never the training ones) to choose."""
-    train_harmful, train_benign = _split_records(settings, "train", seed, split_seed)
-    val_harmful, val_benign_pairs = _split_records(settings, "validation", seed, split_seed)
-    val_benign: dict[str, list[str]] = {}
-    for source, record in val_benign_pairs:
-        val_benign.setdefault(source, []).append(record.prompt)
-    records = lambda pairs: [r for _, r in pairs]  # noqa: E731
-    provenance = {"harmful": settings.harmful, "benign": settings.benign,
-                  **({"extra": settings.extra} if settings.extra else {}),
-                  **({"raw": settings.raw, "raw_text": settings.raw_text} if settings.raw or settings.raw_text
-                     else {}),
-                  "validation_benign": settings.validation_benign, "wrap": settings.wrap,
-                  "wrap_benign": settings.wrap_benign, "rephrase": settings.rephrase,
-                  **({"rephrase_benign": settings.rephrase_benign} if settings.rephrase else {}),
-                  "n_train": {"harmful": len(train_harmful), "benign": len(train_benign)},
-                  "n_validation": {"harmful": len(val_harmful), **{k: len(v) for k, v in val_benign.items()}},
-                  "train_sha256": records_hash(records(train_harmful + train_benign)),
-                  "validation_sha256": records_hash(records(val_harmful))}
-    return GateData([r.prompt for _, r in train_harmful], [r.prompt for _, r in train_benign],
-                    [r.prompt for _, r in val_harmful], val_benign, provenance,
-                    [s for s, _ in train_harmful + train_benign], [s for s, _ in val_harmful],
-                    [r.meta["origin"] for _, r in train_harmful + train_benign])
+from orthopatch.train.gate_selection import OperatingPoint, leave_one_source_out
 
 
 @torch.no_grad()
@@ -196,14 +76,24 @@ def candidate_features(settings: GateSettings, layers: list[int]) -> list[tuple[
     return combos
 
 
-def evaluate_probe(gate: Gate, features: dict[str, torch.Tensor], harmful: str) -> dict[str, Any]:
-    """Validation rates of a fitted probe: recall on harmful, false positives per benign set, AUROC."""
+def evaluate_probe(gate: Gate, features: dict[str, torch.Tensor], harmful: str,
+                   pairs: list[tuple[int, str, int]] = ()) -> dict[str, Any]:
+    """Validation rates of a fitted probe: recall on harmful, false positives per benign set, AUROC; with
+    ``pairs`` (harmful row, benign set, row there: a request and its benign twin) the AUROC between the paired
+    requests and their twins and the share of pairs whose request scores above its twin."""
     scores = {name: gate.logits(x) for name, x in features.items()}
     benign = torch.cat([v for k, v in scores.items() if k != harmful])
     flagged = {name: round(float((v >= gate.threshold).float().mean()), 4) for name, v in scores.items()}
-    return {"recall": flagged[harmful], "false_positive_rate": round(float((benign >= gate.threshold).float().mean()),
-                                                                     4),
-            "flagged_per_set": flagged, "auroc": round(auroc(scores[harmful], benign), 4)}
+    report = {"recall": flagged[harmful],
+              "false_positive_rate": round(float((benign >= gate.threshold).float().mean()), 4),
+              "flagged_per_set": flagged, "auroc": round(auroc(scores[harmful], benign), 4)}
+    if pairs:
+        requests = scores[harmful][sorted({i for i, _, _ in pairs})]
+        twins = torch.stack([scores[name][j] for _, name, j in pairs])
+        report["twin_auroc"] = round(auroc(requests, twins), 4)
+        report["pairs_ordered"] = round(sum(float(scores[harmful][i] > scores[name][j]) for i, name, j in pairs)
+                                        / len(pairs), 4)
+    return report
 
 
 LOSO_STEPS = 100  # L-BFGS steps of each leave-one-source-out refit (standardised features converge fast)
@@ -259,13 +149,14 @@ def fit_gate(model, tokenizer, settings: GateSettings, data: GateData, progress:
     loso = settings.selection == "out-of-source" and known
     val_names = ["harmful", *data.validation_benign]
     options = data_options(settings, data)
+    operating = OperatingPoint(settings.recall, settings.max_benign_rate)
 
     def out_of_source(gate: Gate, X: torch.Tensor, X_val: torch.Tensor, rows: torch.Tensor) -> dict[str, Any]:
         head = HEADS[gate.head.kind]
         kept = rows.nonzero().flatten().tolist()
         return leave_one_source_out(lambda X_, y_, l2_: head.fit(X_, y_, l2_, LOSO_STEPS), gate,
                                     (X, m.y[rows], [data.train_sources[i] for i in kept]),
-                                    (X_val, m.y_val, m.val_sources), gate.info["l2"], settings.recall,
+                                    (X_val, m.y_val, m.val_sources), gate.info["l2"], operating,
                                     [(data.train_origins or data.train_sources)[i] for i in kept])
 
     candidates = []
@@ -276,20 +167,21 @@ def fit_gate(model, tokenizer, settings: GateSettings, data: GateData, progress:
             X = X_all[rows]
             for head_kind, l2 in itertools.product(settings.heads, settings.l2):
                 gate = Gate(list(features), HEADS[head_kind].fit(X, m.y[rows], l2), 0.0, {}, reader, wrap)
-                gate.threshold = recall_threshold(gate.logits(val["harmful"]), settings.recall)
-                report = evaluate_probe(gate, val, "harmful")
+                gate.threshold = operating.threshold(gate.logits(val["harmful"]), gate.logits(X_val[m.bounds[1]:]))
+                report = evaluate_probe(gate, val, "harmful", data.validation_pairs)
                 gate.info = {"l2": l2, **({"data": option_name} if settings.extra else {}), "validation": report}
                 key = (report["false_positive_rate"], -report["auroc"], index, option,
                        settings.heads.index(head_kind), l2)
                 if loso:
                     gate.info["out_of_source"] = out_of_source(gate, X, X_val, rows)
                 candidates.append((key, gate, features, rows))
-    _, best, best_features, best_rows = one_standard_error(candidates) if loso else min(candidates,
-                                                                                         key=lambda c: c[0])
+    eligible = separating_twins(candidates, settings.min_twin_auroc)
+    _, best, best_features, best_rows = one_standard_error(eligible) if loso else min(eligible, key=lambda c: c[0])
     if known and not loso:  # chosen in source; its out-of-source error is still measured and reported
         best.info["out_of_source"] = out_of_source(best, m.of(best_features, "train")[best_rows],
                                                    m.of(best_features, "validation"), best_rows)
-    best.info = {**best.info, "fitted_on": data.provenance, "selection": _selection(settings, loso, candidates),
+    best.info = {**best.info, "fitted_on": data.provenance,
+                 "selection": _selection(settings, loso, candidates, operating, len(eligible)),
                  "fit_seconds": round(time.perf_counter() - start, 1)}
     return best
 
@@ -308,6 +200,17 @@ def data_options(settings: GateSettings, data: GateData) -> dict[str, torch.Tens
     return {"without extra": ~optional, "with extra": every}
 
 
+def separating_twins(candidates: list, minimum: float) -> list:
+    """The candidates whose AUROC between the harmful validation requests and their benign twins reaches
+    ``minimum``; if none does, those with the highest (a gate that cannot tell a request from its twin is not
+    chosen while one that can is there). Without twins in validation: all of them."""
+    if not minimum or not all("twin_auroc" in c[1].info["validation"] for c in candidates):
+        return candidates
+    twin = lambda c: c[1].info["validation"]["twin_auroc"]  # noqa: E731
+    passing = [c for c in candidates if twin(c) >= minimum]
+    return passing or [c for c in candidates if twin(c) == max(map(twin, candidates))]
+
+
 def one_standard_error(candidates: list) -> tuple:
     """Out-of-source selection: of the candidates whose balanced error on held-out sources is within one standard
     error (over sources) of the lowest, the one with the lowest error in source (then the highest AUROC). With a
@@ -320,15 +223,21 @@ def one_standard_error(candidates: list) -> tuple:
     return min(eligible, key=lambda c: (oos(c)["balanced_error_in_source"], *c[0][1:]))
 
 
-def _selection(settings: GateSettings, loso: bool, candidates: list) -> dict[str, Any]:
+def _selection(settings: GateSettings, loso: bool, candidates: list, operating: OperatingPoint,
+               n_eligible: int) -> dict[str, Any]:
     rule = ("of the candidates within one standard error of the lowest balanced error (benign prompts flagged, "
             "harmful missed) on sources left out of fitting one at a time, the lowest balanced error in source"
-            if loso else "fewest benign validation prompts flagged") + \
-        f", at the threshold keeping {settings.recall:g} of the harmful validation prompts; then the highest AUROC"
-    return {"rule": rule, "mode": "out-of-source" if loso else "in-source",
+            if loso else "fewest benign validation prompts flagged") + f", at {operating.describe()}; then the " \
+        "highest AUROC"
+    if settings.min_twin_auroc:
+        rule = f"among the candidates separating the validation twins (twin AUROC >= {settings.min_twin_auroc:g}), " \
+            + rule
+    return {"rule": rule, "mode": "out-of-source" if loso else "in-source", "n_eligible": n_eligible,
             "candidates": [{"features": g.describe(), "layer": g.layer, "head": g.head.kind, "l2": g.info["l2"],
                             **({"data": g.info["data"]} if "data" in g.info else {}),
                             "false_positive_rate": g.info["validation"]["false_positive_rate"],
                             "auroc": g.info["validation"]["auroc"],
+                            **({"twin_auroc": g.info["validation"]["twin_auroc"]}
+                               if "twin_auroc" in g.info["validation"] else {}),
                             **({k: v for k, v in g.info["out_of_source"].items() if k != "sources"} if loso else {})}
                            for _, g, _, _ in candidates]}

@@ -13,6 +13,7 @@ what users send; the error of the gate fitted on everything, on the same prompts
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -28,20 +29,49 @@ def recall_threshold(positive: torch.Tensor, recall: float) -> float:
     return float(ordered[int((1 - recall) * len(ordered) + 1e-9)])
 
 
+def benign_rate_threshold(negative: torch.Tensor, rate: float) -> float:
+    """The lowest threshold that flags at most ``rate`` of the negative scores."""
+    ordered = negative.sort(descending=True).values
+    k = int(rate * len(ordered) + 1e-9)
+    if k >= len(ordered):
+        return float(ordered[-1])
+    return float(torch.nextafter(ordered[k], torch.tensor(float("inf"), dtype=ordered.dtype)))
+
+
+@dataclass(frozen=True)
+class OperatingPoint:
+    """Where a gate's threshold sits: keep ``recall`` of the harmful validation prompts, or, with
+    ``max_benign_rate``, flag at most that share of the benign ones (the user's budget for over-refusal)."""
+
+    recall: float
+    max_benign_rate: float | None = None
+
+    def threshold(self, harmful: torch.Tensor, benign: torch.Tensor) -> float:
+        if self.max_benign_rate is not None:
+            return benign_rate_threshold(benign, self.max_benign_rate)
+        return recall_threshold(harmful, self.recall)
+
+    def describe(self) -> str:
+        if self.max_benign_rate is not None:
+            return f"the threshold flagging at most {self.max_benign_rate:g} of the benign validation prompts"
+        return f"the threshold keeping {self.recall:g} of the harmful validation prompts"
+
+
 def _error(gate: Gate, X: torch.Tensor, harmful: bool) -> float:
     flagged = (gate.logits(X) >= gate.threshold).float().mean()
     return round(float(1 - flagged if harmful else flagged), 4)
 
 
 def leave_one_source_out(fit: Fit, full: Gate, train: tuple[torch.Tensor, torch.Tensor, list[str]],
-                         validation: tuple[torch.Tensor, torch.Tensor, list[str]], l2: float, recall: float,
-                         origins: list[str] | None = None) -> dict[str, Any]:
+                         validation: tuple[torch.Tensor, torch.Tensor, list[str]], l2: float,
+                         operating: OperatingPoint | float, origins: list[str] | None = None) -> dict[str, Any]:
     """The in-source and out-of-source error of each source, and their means. ``train`` and ``validation`` are
     (features, labels 1 = harmful, source of each row); ``full`` is the probe fitted on every training row.
     ``origins`` (the set each training row was drawn from): holding out a set also holds out the wrapped and
     rephrased copies of its prompts, which would otherwise carry its content into fitting."""
     X, y, units = train
     origins = origins or units
+    operating = operating if isinstance(operating, OperatingPoint) else OperatingPoint(operating)
     Xv, yv, vunits = validation
     per_source: dict[str, dict[str, Any]] = {}
     for source in dict.fromkeys(vunits):
@@ -50,12 +80,12 @@ def leave_one_source_out(fit: Fit, full: Gate, train: tuple[torch.Tensor, torch.
         held = torch.tensor([u == source or o == source for u, o in zip(units, origins, strict=True)])
         entry = {"harmful": harmful, "n_validation": int(rows.sum()), "n_train_held_out": int(held.sum()),
                  "in_source": _error(full, Xv[rows], harmful)}
-        keep, others = ~held, (yv > 0) & ~rows
+        keep, others, others_benign = ~held, (yv > 0) & ~rows, (yv == 0) & ~rows
         if held.any() and not ((y[keep] > 0).any() and (y[keep] == 0).any() and others.any()):
             entry["out_of_source"] = None  # the only source of its class: nothing to fit or threshold without it
         elif held.any():
             gate = full.with_head(fit(X[keep], y[keep], l2))
-            gate.threshold = recall_threshold(gate.logits(Xv[others]), recall)
+            gate.threshold = operating.threshold(gate.logits(Xv[others]), gate.logits(Xv[others_benign]))
             entry["out_of_source"] = _error(gate, Xv[rows], harmful)
         else:  # no training prompt of this kind: the full probe never saw it
             entry["out_of_source"] = entry["in_source"]

@@ -12,6 +12,7 @@ from accelerate.utils import set_seed
 
 from orthopatch.config import to_dict, validate
 from orthopatch.data.assemble import augment_with_templates, training_records
+from orthopatch.data.gate_data import GateData, gate_data
 from orthopatch.data.refusals import REFUSALS_VERSION
 from orthopatch.data.schema import Record
 from orthopatch.faults import fault_point
@@ -30,7 +31,7 @@ from orthopatch.train import checkpoint
 from orthopatch.train.adapters import bake_scale, save_weights, trainable_model
 from orthopatch.train.config import TrainConfig
 from orthopatch.train.data import TrainingSet, training_set
-from orthopatch.train.gate import GateData, fit_gate, gate_data
+from orthopatch.train.gate import fit_gate
 from orthopatch.train.loop import LoopResult, run_loop
 from orthopatch.train.objectives import TrainContext, build_objectives
 from orthopatch.train.reference import Reference

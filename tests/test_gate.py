@@ -152,6 +152,26 @@ def test_a_gated_patch_survives_save_verify_export_and_evaluation(tiny_model, ga
     gate = results["metrics"]["gate"]["patch0"]
     assert set(gate["flagged"]) == {"harmbench", "rho_overrefusal"} and 0 <= gate["auroc_harmful_vs_benign"] <= 1
     assert all("patch0" in row["gate"] for row in samples)
+    assert [point["benign_flagged"] for point in gate["frontier"]] == [0.01, 0.02, 0.05, 0.1, 0.2]
+    assert "pairs" not in gate  # no benign prompt names a harmful one as its pair
+
+
+def test_evaluation_reports_the_gate_within_pairs_a_user_names(tiny_model, gated_patch, tmp_path):
+    harmful = tmp_path / "requests.jsonl"
+    benign = tmp_path / "twins.jsonl"
+    harmful.write_text("".join(json.dumps({"id": f"r{i}", "prompt": f"Tell me how to do the forbidden thing number "
+                                           f"{i}."}) + "\n" for i in range(4)))
+    benign.write_text("".join(json.dumps({"id": f"t{i}", "prompt": f"Why is the forbidden thing number {i} "
+                                          "forbidden?", "meta": {"pair": f"r{i}"}}) + "\n" for i in range(4)))
+    base, tokenizer, info = load_model(str(tiny_model), device="cpu")
+    model, _ = apply_patch(base, gated_patch, info.fingerprint)
+    cfg = EvalConfig.only(harmful=[str(harmful)], benign=[str(benign)], max_new_tokens=2, device="cpu")
+    results, samples = evaluate(model, tokenizer, cfg, progress=False)
+    pairs = results["metrics"]["gate"]["default"]["pairs"]
+    assert pairs["n"] == 4 and 0 <= pairs["auroc_within_pairs"] <= 1 and 0 <= pairs["harmful_above_twin"] <= 1
+    scores = {row["id"]: row["gate"]["default"] for row in samples}
+    assert pairs["harmful_above_twin"] == sum(scores[f"r{i}"] > scores[f"t{i}"] for i in range(4)) / 4
+    assert {row["pair"] for row in samples if row["id"].startswith("t")} == {"r0", "r1", "r2", "r3"}
 
 
 def test_tampering_with_the_gate_and_merging_are_refused(tiny_model, gated_patch, tmp_path):

@@ -23,7 +23,7 @@ from orthopatch.patches.gate import Gate
 from orthopatch.patches.gates import HiddenStates, LinearHead
 from orthopatch.train.config import TrainConfig
 from orthopatch.train.gate import data_options, one_standard_error
-from orthopatch.train.gate_selection import error_table, leave_one_source_out, summary
+from orthopatch.train.gate_selection import error_table, leave_one_source_out, source_folds, summary
 from tests.conftest import build_tokenizer, train_gated_patch
 
 
@@ -117,6 +117,31 @@ def test_leaving_one_source_out_never_fits_on_it():
     only = report["sources"]["only-val"]
     assert only["n_train_held_out"] == 0 and only["out_of_source"] == only["in_source"]
     assert report["balanced_error_out_of_source"] is not None and "| **balanced mean** |" in error_table(report)
+
+
+def test_a_learning_gate_is_refitted_once_per_fold_and_never_on_the_fold_it_judges():
+    generator = torch.Generator().manual_seed(2)
+    train_sources = ["h1"] * 10 + ["h2"] * 10 + ["h3"] * 10 + ["b1"] * 10 + ["b2"] * 10 + ["b3"] * 10
+    val_sources = ["h1"] * 4 + ["h2"] * 4 + ["h3"] * 4 + ["b1"] * 4 + ["b2"] * 4 + ["b3"] * 4
+    X, Xv = torch.randn(60, 3, generator=generator), torch.randn(24, 3, generator=generator)
+    y, yv = torch.tensor([1.0] * 30 + [0.0] * 30), torch.tensor([1.0] * 12 + [0.0] * 12)
+    X[:, 1] += 3 * y
+    Xv[:, 1] += 3 * yv
+    full = Gate([HiddenStates([1], "last")], LinearHead.fit(X, y, 1e-2), 0.0)
+    refits: list[set[str]] = []
+
+    def refit(keep):
+        refits.append({s for s, k in zip(train_sources, keep.tolist(), strict=True) if not k})
+        return full.with_head(LinearHead.fit(X[keep], y[keep], 1e-2, 20)), Xv
+
+    report = leave_one_source_out(None, full, (X, y, train_sources), (Xv, yv, val_sources), 1e-2, 0.9, None, refit,
+                                  folds=2)
+    assert len(refits) == 2 and refits[0] | refits[1] == set(train_sources) and not refits[0] & refits[1]
+    assert all({"h1", "h2", "h3"} & held and {"b1", "b2", "b3"} & held for held in refits)  # both classes per fold
+    assert report["held_out"] == "2 folds of sources" and report["balanced_error_out_of_source"] is not None
+    assert source_folds(["h1", "b1", "h2", "b2"], {"h1": True, "h2": True, "b1": False, "b2": False}, 2) == {
+        "h1": frozenset({"h1", "b1"}), "b1": frozenset({"h1", "b1"}), "h2": frozenset({"h2", "b2"}),
+        "b2": frozenset({"h2", "b2"})}
 
 
 def test_the_default_gate_data_is_the_measured_recipe_s():

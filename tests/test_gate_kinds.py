@@ -22,11 +22,11 @@ from orthopatch.patches.gates.base import POOLINGS
 from orthopatch.patches.manifest import apply_patch, verify_patch
 from orthopatch.serve.config import ServeConfig
 from orthopatch.serve.models import load_gates_only, load_local
+from orthopatch.train.config import FEATURE_KINDS, HEAD_KINDS, TrainConfig
 from orthopatch.train.config import POOLINGS as config_poolings
-from orthopatch.train.config import TrainConfig
 from orthopatch.train.gate import fit_gate
 
-from .conftest import train_gated_patch
+from .conftest import build_model, build_tokenizer, train_gated_patch
 
 VERBS = ["Tell me how to do", "Explain how to do", "Give steps for", "Describe how I can do"]
 HARMFUL = [f"{VERBS[i % 4]} the forbidden thing number {i}." for i in range(32)]
@@ -57,11 +57,42 @@ def guard(tmp_path_factory):
     return directory
 
 
-def spec(kind: str, guard_dir) -> str:
-    return f"hf-classifier:{guard_dir}" if kind == "guard" else kind
+GUARD_TEMPLATE = ("<|im_start|>Is this request safe or unsafe?\n{% for m in messages %}{{ m['content'] }}\n"
+                  "{% endfor %}Answer:")
 
 
-KINDS = ["hidden", "hidden:all", "encoder", "hidden+encoder", "guard"]
+@pytest.fixture(scope="module")
+def generative_guard(tmp_path_factory):
+    """A generative guard shaped like Llama Guard: a tiny causal LM answering "safe" / "unsafe" under its own
+    template, trained for a few steps to tell the two kinds of prompt apart."""
+    directory = tmp_path_factory.mktemp("generative-guard")
+    tokenizer = build_tokenizer()
+    tokenizer.chat_template = GUARD_TEMPLATE
+    model = build_model("llama", len(tokenizer))
+    from orthopatch.patches.gates.generative_guard import answer_tokens
+
+    safe, unsafe = answer_tokens(tokenizer, directory)
+    texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
+                                           add_generation_prompt=True) for p in HARMFUL[:16] + BENIGN[:16]]
+    tokenizer.padding_side = "left"
+    batch = tokenizer(texts, padding=True, add_special_tokens=False, return_tensors="pt")
+    target = torch.tensor([unsafe] * 16 + [safe] * 16)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(40):
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(model(**batch).logits[:, -1], target).backward()
+        optimizer.step()
+    model.save_pretrained(directory, safe_serialization=True)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def spec(kind: str, guard_dir, generative_dir="x") -> str:
+    return {"guard": f"hf-classifier:{guard_dir}", "generative": f"hf-guard:{generative_dir}"}.get(kind, kind)
+
+
+KINDS = ["hidden", "hidden:all", "encoder", "hidden+encoder", "guard", "generative", "tuned-encoder",
+         "hidden+tuned-encoder"]
 
 
 def test_every_registered_kind_is_covered_here():
@@ -71,10 +102,11 @@ def test_every_registered_kind_is_covered_here():
 
 @pytest.mark.parametrize("head", ["linear", "mlp"])
 @pytest.mark.parametrize("kind", KINDS)
-def test_each_feature_kind_and_head_fits_a_planted_signal(tiny_model, guard, tmp_path, kind, head):
+def test_each_feature_kind_and_head_fits_a_planted_signal(tiny_model, guard, generative_guard, tmp_path, kind, head):
     model, tokenizer, _ = load_model(str(tiny_model), device="cpu")
     data = GateData(HARMFUL[:20], BENIGN[:20], HARMFUL[20:], {"benign": BENIGN[20:]}, {"note": "synthetic"})
-    settings = make(TrainConfig, gate={"enabled": True, "features": [spec(kind, guard)], "heads": [head],
+    settings = make(TrainConfig, gate={"enabled": True, "features": [spec(kind, guard, generative_guard)],
+                                       "heads": [head],
                                        "layers": [0.5, 0.9], "l2": [1e-2]}).gate
     gate = fit_gate(model, tokenizer, settings, data)
     report = gate.info["validation"]
@@ -95,9 +127,10 @@ def gated_patch_of(tiny_model, root, features: list[str]):
     return train_gated_patch(tiny_model, root, features=features)
 
 
-@pytest.mark.parametrize("kind", ["hidden:all", "encoder", "guard"])
-def test_a_gated_patch_of_each_kind_survives_save_verify_and_attach(tiny_model, guard, tmp_path, kind, capsys):
-    patch = gated_patch_of(tiny_model, tmp_path, [spec(kind, guard)])
+@pytest.mark.parametrize("kind", ["hidden:all", "encoder", "guard", "generative", "tuned-encoder"])
+def test_a_gated_patch_of_each_kind_survives_save_verify_and_attach(tiny_model, guard, generative_guard, tmp_path,
+                                                                     kind, capsys):
+    patch = gated_patch_of(tiny_model, tmp_path, [spec(kind, guard, generative_guard)])
     manifest = verify_patch(patch)
     gate = Gate.load(patch)
     assert manifest["gate"]["features"] == [f.config() for f in gate.features]
@@ -145,9 +178,48 @@ def test_a_guard_that_is_not_a_classifier_directory_is_refused(tiny_model, tmp_p
     settings = make(TrainConfig, gate={"enabled": True, "features": [f"hf-classifier:{tmp_path}"]}).gate
     with pytest.raises(UserError, match="config.json and model.safetensors"):
         fit_gate(model, tokenizer, settings, data)
-    settings = make(TrainConfig, gate={"enabled": True, "features": ["nonsense"]}).gate
-    with pytest.raises(UserError, match="unknown gate feature kind 'nonsense'"):
-        fit_gate(model, tokenizer, settings, data)
+    with pytest.raises(UserError, match="unknown value 'nonsense'"):  # names are checked when the config is read
+        make(TrainConfig, gate={"enabled": True, "features": ["hidden+nonsense"]})
+
+
+def _word_level_tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    core = Tokenizer(models.WordLevel({"[UNK]": 0, "hello": 1, "world": 2}, unk_token="[UNK]"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=core, unk_token="[UNK]", pad_token="[UNK]")
+
+
+@pytest.mark.parametrize("problem", ["pickle", "no-weights", "no-template", "no-answer-words", "not-a-directory"])
+def test_a_generative_guard_that_cannot_serve_stops_training_before_it_starts(tiny_model, generative_guard,
+                                                                             tmp_path, capsys, problem):
+    own = tmp_path / "guard"
+    shutil.copytree(generative_guard, own)
+    if problem == "pickle":
+        (own / "pytorch_model.bin").write_bytes(b"not opened")
+    elif problem == "no-weights":
+        (own / "model.safetensors").unlink()
+    elif problem == "no-template":
+        config = json.loads((own / "tokenizer_config.json").read_text())
+        config.pop("chat_template", None)
+        (own / "tokenizer_config.json").write_text(json.dumps(config))
+        (own / "chat_template.jinja").unlink(missing_ok=True)
+    elif problem == "no-answer-words":
+        tokenizer = _word_level_tokenizer()
+        tokenizer.chat_template = GUARD_TEMPLATE
+        for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+            (own / name).unlink(missing_ok=True)
+        tokenizer.save_pretrained(own)
+    else:
+        shutil.rmtree(own)
+    output = tmp_path / "patch"
+    code = main(["train", "--model", str(tiny_model), "--data", "advbench", "--set", "max_examples=4", "--output",
+                 str(output), "--set", "gate.enabled=true", "--set", f'gate.features=["hf-guard:{own}"]',
+                 "--set", "device=cpu"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and str(own) in err[0], err
+    assert not output.exists()
 
 
 def test_the_reader_gives_back_the_text_the_user_wrote(tiny_model):
@@ -185,3 +257,33 @@ def test_last_plus_mean_pooling_reads_both_and_is_saved_in_the_second_format(tin
     with pytest.raises(UserError, match="median"):
         make(TrainConfig, gate={"enabled": True, "poolings": ["median"]})
     assert config_poolings == POOLINGS  # what a config may name is what a gate can read
+    assert set(FEATURE_KINDS) == set(FEATURES) and set(HEAD_KINDS) == set(HEADS)
+
+
+def test_the_server_serves_a_patch_of_each_kind(tiny_model, guard, generative_guard, tmp_path):
+    """One server, a gated patch of every feature kind: through the official client each answer carries the gate
+    score that the patch computes offline."""
+    openai = pytest.importorskip("openai")
+    from orthopatch.serve.process import ServerProcess
+
+    kinds = {"hidden": "hidden", "encoder": "encoder", "guard": "guard", "generative": "generative",
+             "tuned": "tuned-encoder"}
+    patches = {name: gated_patch_of(tiny_model, tmp_path / name, [spec(kind, guard, generative_guard)])
+               for name, kind in kinds.items()}
+    base, tokenizer, info = load_model(str(tiny_model), device="cpu")
+    offline = {}
+    for name, patch in patches.items():
+        model, _ = apply_patch(load_model(str(tiny_model), device="cpu")[0], patch, info.fingerprint)
+        offline[name] = gate_scores(gates_of(model)[0], tokenizer, PROBES[:2])
+    process = ServerProcess("--model", str(tiny_model), *[a for name, patch in patches.items()
+                                                          for a in ("--patch", f"{name}={patch}")])
+    try:
+        api = openai.OpenAI(base_url=process.url + "/v1", api_key="unused", max_retries=0)
+        for name in patches:
+            for index, prompt in enumerate(PROBES[:2]):
+                response = api.chat.completions.create(model=name, messages=[{"role": "user", "content": prompt}],
+                                                       max_tokens=2, temperature=0)
+                gate = response.model_extra["orthopatch"]["gate"]
+                assert gate["score"] == pytest.approx(offline[name][index], abs=1e-3), name
+    finally:
+        assert process.stop() == 0

@@ -17,12 +17,20 @@ from orthopatch.data.policy import CONTRAST, HARMFUL_MORE, HARMFUL_TRAINING
 from orthopatch.data.registry import REGISTRY, load_dataset, records_hash
 from orthopatch.data.schema import Record
 from orthopatch.data.splits import decontaminate, get_split
-from orthopatch.data.twins import OBFUSCATION_SPLITS, REWRITE_SPLITS, TWIN_SPLITS, activity, gerund, obfuscated
+from orthopatch.data.twins import (
+    OBFUSCATION_SPLITS,
+    REWRITE_SPLITS,
+    TWIN_SPLITS,
+    activity,
+    gerund,
+    obfuscated,
+    twins_of,
+)
 from orthopatch.io import sha256_text
 from orthopatch.train.config import TrainConfig
 
-NEW_SOURCES = {"strongreject": 287, "harmbench_official": 400, "uncensorbench": 150, "twins": 1120, "rewrites": 1028,
-               "obfuscated": 976}
+NEW_SOURCES = {"strongreject": 287, "harmbench_official": 400, "uncensorbench": 150, "twins": 1119, "rewrites": 1034,
+               "obfuscated": 979}
 
 
 @pytest.mark.parametrize("name", sorted(NEW_SOURCES))
@@ -155,3 +163,18 @@ def test_obfuscations_change_the_spelling_deterministically(kind):
     assert out != text and out == obfuscated(text, kind, "k")
     if kind == "spacing":
         assert out.replace(" ", "") == text.replace(" ", "")
+
+
+def test_twins_that_keep_the_opening_change_only_what_is_asked():
+    requests = [Record(f"r{i}", p) for i, p in enumerate([
+        "Explain how to cheat at poker without my friends noticing.", "How can I skip class without being seen?",
+        "Create a fake review that makes a cafe look bad", "Give me tips for winning at chess"])]
+    for split in ("train", "validation", "test"):
+        for twin in twins_of(requests, split, per_prompt=len(TWIN_SPLITS)):
+            request = next(r for r in requests if r.id == twin.meta["pair"])
+            found = activity(request.prompt)
+            assert twin.meta["generator"] in {g for g, s in TWIN_SPLITS.items() if s == split}
+            if twin.meta["style"] == "kept" and found.slot != "bare":
+                assert twin.prompt.startswith(found.lead) and twin.prompt != request.prompt
+    assert activity("How can I skip class without being seen?").slot == "i-question"
+    assert activity("Create a fake review that makes a cafe look bad").thing == "a fake review that makes a cafe look bad"

@@ -106,7 +106,8 @@ def parse_user_line(obj: Any, path: Path, line: int, default_id: str, prompts_on
     if prompts_only:
         if "prompt" not in obj:
             raise UserError("is missing", path=path, line=line, field="prompt")
-        return Record(id=record_id, prompt=_nonempty_str(obj["prompt"], path, line, "prompt"))
+        return Record(id=record_id, prompt=_nonempty_str(obj["prompt"], path, line, "prompt"),
+                      meta=_pair_meta(obj.get("meta"), path, line))
     if "messages" in obj:
         if "prompt" in obj or "response" in obj:
             raise UserError("give either 'messages' or 'prompt'/'response', not both", path=path, line=line,
@@ -120,6 +121,19 @@ def parse_user_line(obj: Any, path: Path, line: int, default_id: str, prompts_on
     prompt = _nonempty_str(obj["prompt"], path, line, "prompt")
     response = _nonempty_str(obj["response"], path, line, "response")
     return Record(id=record_id, prompt=prompt, response=response)
+
+
+def _pair_meta(meta: Any, path: Path, line: int) -> dict[str, Any]:
+    """What orthopatch reads of a prompt's ``meta``: ``pair``, the id of the harmful request a benign prompt is the
+    twin of (evaluation then reports how well a gate tells each pair apart); other keys are the user's own."""
+    if meta is None:
+        return {}
+    if not isinstance(meta, dict):
+        raise UserError("must be a JSON object", path=path, line=line, field="meta")
+    if "pair" in meta and (not isinstance(meta["pair"], str) or not meta["pair"]):
+        raise UserError("must be the id of the paired prompt (a non-empty string)", path=path, line=line,
+                        field="meta.pair")
+    return {"pair": meta["pair"]} if "pair" in meta else {}
 
 
 MAX_LINE_BYTES = 1 << 20  # 1 MiB: far above any real example, far below a runaway or corrupt line

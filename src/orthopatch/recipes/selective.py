@@ -235,7 +235,8 @@ def select_on_validation(study: Study) -> dict[str, Any]:
             selection = gate.info.get("selection", {})
             families[family]["gate"] = {"chosen": gate.describe(), "l2": gate.info.get("l2"),
                                         "data": gate.info.get("data"), "threshold": gate.threshold,
-                                        **{k: selection.get(k) for k in ("mode", "rule")}}
+                                        **{k: selection.get(k) for k in ("mode", "rule")},
+                                        "candidates": selection.get("candidates", [])}
     best = max(families, key=lambda f: margin(families[f]["shipped"]["over_refusal"],
                                               families[f]["shipped"]["harmful_refusal"]))
     ablations = contrast_ablations(study, val)

@@ -12,7 +12,7 @@ from typing import Any
 from orthopatch.io import write_text_atomic
 from orthopatch.report.figures import frontier_figure
 from orthopatch.report.html import Figure, Section, Table, cell
-from orthopatch.train.gate_selection import error_table
+from orthopatch.train.gate_selection import error_table, kind_table
 
 COLUMNS = [("family", "family"), ("setting", "setting"), ("HarmBench refusal", "harmful_refusal"),
            ("over-refusal (rho+wsr)", "over_refusal"), ("mean jailbreak ASR", "jailbreak_asr_mean"),
@@ -43,6 +43,9 @@ def markdown(record: dict[str, Any]) -> str:
     for family, entry in record["selection"]["families"].items():
         if entry.get("gate"):
             lines += ["", gate_sentence(family, entry["gate"])]
+            if entry["gate"].get("candidates"):
+                lines += ["", f"The {family} family's gate kinds, each at its best candidate:", "",
+                          kind_table(entry["gate"]["candidates"])]
         if entry.get("gate_sources"):
             lines += ["", f"The {family} family's gate, validation error per source: fitted on every source (in "
                       "source) and refitted without that source (out of source)", "",

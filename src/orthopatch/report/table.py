@@ -81,6 +81,10 @@ def metric_rows(results: dict[str, Any]) -> list[tuple[str, str, float | None]]:
         if gate["auroc_harmful_vs_benign"] is not None:
             rows.append((f"gate {adapter}: AUROC harmful vs benign", f"{gate['auroc_harmful_vs_benign']:.3f}",
                          gate["auroc_harmful_vs_benign"]))
+        pairs = gate.get("pairs") or {}
+        if pairs.get("auroc_within_pairs") is not None:
+            rows.append((f"gate {adapter}: AUROC within pairs (request vs its twin, n={pairs['n']})",
+                         f"{pairs['auroc_within_pairs']:.3f}", pairs["auroc_within_pairs"]))
     return rows
 
 

@@ -13,6 +13,10 @@ from orthopatch.errors import UserError
 
 METHODS = ("lora-sft", "full-sft", "lora-dpo", "full-dpo")
 POOLINGS = ("last", "mean", "last+mean")  # the hidden-state gate's (patches.gates.base.POOLINGS; torch-free here)
+# the gate kinds a config may name, checked when it is read (patches.gates.FEATURES and HEADS; a test keeps them equal)
+FEATURE_KINDS = ("hidden", "encoder", "tuned-encoder", "hf-classifier", "hf-guard")
+NEEDS_DIRECTORY = ("hf-classifier", "hf-guard")  # kind:DIR, a user's model
+HEAD_KINDS = ("linear", "mlp")
 SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial",
               "inverse_sqrt")
 SELECTIVE = {"data": list(HARMFUL_TRAINING), "shuffle": True, "max_examples": 256, "epochs": 1, "group_by_length": True}
@@ -144,9 +148,9 @@ class GateSettings:
     # time), "hidden:all" (all candidate layers together), "encoder" (all-MiniLM-L6-v2 sentence embeddings of the
     # prompt's text; "encoder:DIR" another encoder), "hf-classifier:DIR" (a user's guard model), or kinds joined
     # by "+" (features concatenated, e.g. "hidden+encoder")
-    features: list[str] = field(default_factory=lambda: ["hidden"])
+    features: list[str] = field(default_factory=lambda: ["hidden"], metadata={"check_each": lambda v: _features(v)})
     heads: list[str] = field(default_factory=lambda: ["linear"],
-                             metadata={"check_each": lambda v: _choice(v, ("linear", "mlp"))})
+                             metadata={"check_each": lambda v: _choice(v, HEAD_KINDS)})
     layers: list[float] = num(factory=lambda: [0.4, 0.55, 0.7, 0.85], gt=0, lt=1)  # fractions of the depth
     poolings: list[str] = field(default_factory=lambda: ["last", "mean"],
                                 metadata={"check_each": lambda v: _choice(v, POOLINGS)})
@@ -175,6 +179,15 @@ class GateSettings:
         if self.extra and self.selection != "out-of-source":
             raise UserError("extra data is kept only where it helps on held-out sources; it needs "
                             "selection: out-of-source", field="extra")
+
+
+def _features(value: str) -> None:
+    """``kind``, ``kind:argument`` or such parts joined by ``+``, each kind a registered one."""
+    for part in value.split("+"):
+        kind, _, argument = part.partition(":")
+        _choice(kind, FEATURE_KINDS)
+        if kind in NEEDS_DIRECTORY and not argument:
+            raise UserError(f"{kind} reads a model of yours: give its directory as {kind}:DIR")
 
 
 def _choice(value: str, allowed: tuple[str, ...]) -> None:

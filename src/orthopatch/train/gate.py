@@ -25,7 +25,7 @@ from orthopatch.errors import UserError
 from orthopatch.models.generation import chat_prompt_ids, left_pad
 from orthopatch.models.probes import auroc
 from orthopatch.patches.gate import decoder_layers, gate_inputs
-from orthopatch.patches.gates import FEATURES, HEADS, Feature, Gate, PromptReader
+from orthopatch.patches.gates import FEATURES, HEADS, Feature, Gate, GateInputs, PromptReader
 from orthopatch.patches.gates.unformatted import ChatWrap
 from orthopatch.train.config import GateSettings
 from orthopatch.train.gate_selection import OperatingPoint, leave_one_source_out
@@ -76,6 +76,12 @@ def candidate_features(settings: GateSettings, layers: list[int]) -> list[tuple[
     return combos
 
 
+def check_features(settings: GateSettings) -> None:
+    """Every model a gate's features name is there and readable (a guard's directory, weights, template and answer
+    words), checked before any training: a UserError naming it otherwise."""
+    candidate_features(settings, [1])
+
+
 def evaluate_probe(gate: Gate, features: dict[str, torch.Tensor], harmful: str,
                    pairs: list[tuple[int, str, int]] = ()) -> dict[str, Any]:
     """Validation rates of a fitted probe: recall on harmful, false positives per benign set, AUROC; with
@@ -97,6 +103,8 @@ def evaluate_probe(gate: Gate, features: dict[str, torch.Tensor], harmful: str,
 
 
 LOSO_STEPS = 100  # L-BFGS steps of each leave-one-source-out refit (standardised features converge fast)
+# a gate whose features learn is refitted once per fold of sources, not once per source (a fine-tuning each)
+LEARNED_FOLDS = 4
 
 
 @dataclass
@@ -121,14 +129,52 @@ def _matrices(model, tokenizer, reader, settings: GateSettings, data: GateData, 
                                            settings.batch_size, progress, wrap)
     val_prompts = [data.validation_harmful, *data.validation_benign.values()]
     bounds = torch.tensor([0, *[len(g) for g in val_prompts]]).cumsum(0).tolist()
-    y = torch.cat([torch.ones(len(data.train_harmful)), torch.zeros(len(data.train_benign))])
+    y = _labels(data)
     y_val = torch.cat([torch.ones(len(data.validation_harmful)), torch.zeros(bounds[-1] - bounds[1])])
     val_sources = (data.validation_harmful_sources or []) + [s for s, g in data.validation_benign.items() for _ in g]
     return _Matrices(y, y_val, val_sources, bounds, read(data.train_harmful + data.train_benign),
                      read([p for group in val_prompts for p in group]))
 
 
-def fit_gate(model, tokenizer, settings: GateSettings, data: GateData, progress: bool = False) -> Gate:
+def _fit_learning(combos: list[tuple[Feature, ...]], data: GateData, seed: int) -> list[tuple[Feature, ...]]:
+    """The combinations with each feature kind that learns fitted once on the training prompts."""
+    texts, labels = data.train_harmful + data.train_benign, _labels(data)
+    fitted: dict[str, Feature] = {}
+    for feature in {feature_key(f): f for combo in combos for f in combo if f.learns}.values():
+        fitted[feature_key(feature)] = feature.fitted(texts, labels, seed)
+    return [tuple(fitted.get(feature_key(f), f) for f in combo) for combo in combos]
+
+
+def _labels(data: GateData) -> torch.Tensor:
+    return torch.cat([torch.ones(len(data.train_harmful)), torch.zeros(len(data.train_benign))])
+
+
+def _text_values(feature: Feature, texts: list[str]) -> torch.Tensor:
+    inputs = GateInputs(torch.zeros((len(texts), 0), dtype=torch.long), torch.zeros((len(texts), 0)), texts=texts)
+    return feature.extract(inputs).float()
+
+
+def _learning_refit(gate: Gate, m: _Matrices, data: GateData, rows: torch.Tensor, seed: int, l2: float):
+    """For leaving one source out of a gate whose features learn: refit them (quickly) and the head on the kept
+    rows; the other features keep their values."""
+    texts = data.train_harmful + data.train_benign
+    val_texts = [p for group in [data.validation_harmful, *data.validation_benign.values()] for p in group]
+    fitting = rows.nonzero().flatten()
+
+    def refit(keep: torch.Tensor) -> tuple[Gate, torch.Tensor]:
+        index = fitting[keep]
+        chosen = [texts[i] for i in index.tolist()]
+        features = [f.fitted(chosen, m.y[index], seed, quick=True) if f.learns else f for f in gate.features]
+        values = lambda f, split, picked, strings: (_text_values(f, strings) if f.learns  # noqa: E731
+                                                    else m.of((f,), split)[picked])
+        X = torch.cat([values(f, "train", index, chosen) for f in features], 1)
+        X_val = torch.cat([values(f, "validation", slice(None), val_texts) for f in features], 1)
+        return Gate(features, HEADS[gate.head.kind].fit(X, m.y[index], l2, LOSO_STEPS), 0.0), X_val
+    return refit
+
+
+def fit_gate(model, tokenizer, settings: GateSettings, data: GateData, progress: bool = False,
+             seed: int = 0) -> Gate:
     """Fit every candidate probe (feature combination x data option x head x penalty) on the train prompts and
     choose one (the data options: :func:`data_options`). With
     ``selection="out-of-source"`` (and sources known): a low balanced error on sources left out of fitting one at a
@@ -140,7 +186,7 @@ def fit_gate(model, tokenizer, settings: GateSettings, data: GateData, progress:
     start = time.perf_counter()
     n_layers = len(decoder_layers(model))
     layers = sorted({min(n_layers - 1, max(1, round(f * n_layers))) for f in settings.layers})
-    combos = candidate_features(settings, layers)
+    combos = _fit_learning(candidate_features(settings, layers), data, seed)
     distinct = list({feature_key(f): f for combo in combos for f in combo}.values())
     reader = PromptReader.of(tokenizer) if any(f.reads_text for f in distinct) else None
     wrap = ChatWrap.of(tokenizer) if settings.unformatted == "as-chat" else None
@@ -154,10 +200,13 @@ def fit_gate(model, tokenizer, settings: GateSettings, data: GateData, progress:
     def out_of_source(gate: Gate, X: torch.Tensor, X_val: torch.Tensor, rows: torch.Tensor) -> dict[str, Any]:
         head = HEADS[gate.head.kind]
         kept = rows.nonzero().flatten().tolist()
+        refit = _learning_refit(gate, m, data, rows, seed, gate.info["l2"]) \
+            if any(f.learns for f in gate.features) else None
         return leave_one_source_out(lambda X_, y_, l2_: head.fit(X_, y_, l2_, LOSO_STEPS), gate,
                                     (X, m.y[rows], [data.train_sources[i] for i in kept]),
                                     (X_val, m.y_val, m.val_sources), gate.info["l2"], operating,
-                                    [(data.train_origins or data.train_sources)[i] for i in kept])
+                                    [(data.train_origins or data.train_sources)[i] for i in kept], refit,
+                                    LEARNED_FOLDS if refit is not None else None)
 
     candidates = []
     for index, features in enumerate(combos):
@@ -233,7 +282,8 @@ def _selection(settings: GateSettings, loso: bool, candidates: list, operating: 
         rule = f"among the candidates separating the validation twins (twin AUROC >= {settings.min_twin_auroc:g}), " \
             + rule
     return {"rule": rule, "mode": "out-of-source" if loso else "in-source", "n_eligible": n_eligible,
-            "candidates": [{"features": g.describe(), "layer": g.layer, "head": g.head.kind, "l2": g.info["l2"],
+            "candidates": [{"features": g.describe(), "kinds": "+".join(f.kind for f in g.features),
+                            "layer": g.layer, "head": g.head.kind, "l2": g.info["l2"],
                             **({"data": g.info["data"]} if "data" in g.info else {}),
                             "false_positive_rate": g.info["validation"]["false_positive_rate"],
                             "auroc": g.info["validation"]["auroc"],

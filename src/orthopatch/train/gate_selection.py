@@ -13,6 +13,7 @@ what users send; the error of the gate fitted on everything, on the same prompts
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,35 +63,59 @@ def _error(gate: Gate, X: torch.Tensor, harmful: bool) -> float:
     return round(float(1 - flagged if harmful else flagged), 4)
 
 
+def source_folds(sources: list[str], harmful: dict[str, bool], k: int) -> dict[str, frozenset[str]]:
+    """Each source's fold: the sources held out with it, ``k`` folds each holding harmful and benign sources (in a
+    fixed order by name, dealt out in turn)."""
+    fold = {}
+    for side in (True, False):
+        for i, source in enumerate(sorted(s for s in sources if harmful[s] is side)):
+            fold[source] = i % k
+    return {s: frozenset(t for t in sources if fold[t] == fold[s]) for s in sources}
+
+
 def leave_one_source_out(fit: Fit, full: Gate, train: tuple[torch.Tensor, torch.Tensor, list[str]],
                          validation: tuple[torch.Tensor, torch.Tensor, list[str]], l2: float,
-                         operating: OperatingPoint | float, origins: list[str] | None = None) -> dict[str, Any]:
+                         operating: OperatingPoint | float, origins: list[str] | None = None,
+                         refit: Callable[[torch.Tensor], tuple[Gate, torch.Tensor]] | None = None,
+                         folds: int | None = None) -> dict[str, Any]:
     """The in-source and out-of-source error of each source, and their means. ``train`` and ``validation`` are
     (features, labels 1 = harmful, source of each row); ``full`` is the probe fitted on every training row.
     ``origins`` (the set each training row was drawn from): holding out a set also holds out the wrapped and
-    rephrased copies of its prompts, which would otherwise carry its content into fitting."""
+    rephrased copies of its prompts, which would otherwise carry its content into fitting. ``refit`` (for gates whose
+    features learn): given the training rows to keep, the gate fitted on them alone and its features of the
+    validation rows, in place of refitting the head on fixed features. ``folds``: hold the sources out in that many
+    folds instead of one at a time (a costly refit runs once per fold; each source is still judged by a gate that
+    never saw it)."""
     X, y, units = train
     origins = origins or units
     operating = operating if isinstance(operating, OperatingPoint) else OperatingPoint(operating)
     Xv, yv, vunits = validation
+    names = list(dict.fromkeys(vunits))
+    harmful_of = {s: bool(yv[vunits.index(s)] > 0) for s in names}
+    groups = source_folds(names, harmful_of, folds) if folds else {s: frozenset({s}) for s in names}
+    fitted: dict[frozenset[str], tuple[Gate, torch.Tensor]] = {}
     per_source: dict[str, dict[str, Any]] = {}
-    for source in dict.fromkeys(vunits):
+    for source in names:
         rows = torch.tensor([u == source for u in vunits])
-        harmful = bool(yv[rows][0] > 0)
-        held = torch.tensor([u == source or o == source for u, o in zip(units, origins, strict=True)])
+        harmful, group = harmful_of[source], groups[source]
+        held = torch.tensor([u in group or o in group for u, o in zip(units, origins, strict=True)])
         entry = {"harmful": harmful, "n_validation": int(rows.sum()), "n_train_held_out": int(held.sum()),
                  "in_source": _error(full, Xv[rows], harmful)}
-        keep, others, others_benign = ~held, (yv > 0) & ~rows, (yv == 0) & ~rows
+        in_group = torch.tensor([u in group for u in vunits])
+        keep, others, others_benign = ~held, (yv > 0) & ~in_group, (yv == 0) & ~in_group
         if held.any() and not ((y[keep] > 0).any() and (y[keep] == 0).any() and others.any()):
             entry["out_of_source"] = None  # the only source of its class: nothing to fit or threshold without it
         elif held.any():
-            gate = full.with_head(fit(X[keep], y[keep], l2))
-            gate.threshold = operating.threshold(gate.logits(Xv[others]), gate.logits(Xv[others_benign]))
-            entry["out_of_source"] = _error(gate, Xv[rows], harmful)
+            if group not in fitted:
+                fitted[group] = refit(keep) if refit is not None else (full.with_head(fit(X[keep], y[keep], l2)), Xv)
+            gate, features = fitted[group]
+            gate.threshold = operating.threshold(gate.logits(features[others]), gate.logits(features[others_benign]))
+            entry["out_of_source"] = _error(gate, features[rows], harmful)
         else:  # no training prompt of this kind: the full probe never saw it
             entry["out_of_source"] = entry["in_source"]
         per_source[source] = entry
-    return {"sources": per_source, **summary(per_source)}
+    held_out = f"{folds} folds of sources" if folds else "one source at a time"
+    return {"sources": per_source, "held_out": held_out, **summary(per_source)}
 
 
 def summary(per_source: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -128,3 +153,23 @@ def error_table(report: dict[str, Any]) -> str:
 
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def kind_table(candidates: list[dict[str, Any]]) -> str:
+    """Per gate kind (feature kinds joined by +), its best candidate by out-of-source error (else by benign
+    validation prompts flagged) as Markdown: errors in and out of source and the AUROC between the validation
+    requests and their benign twins."""
+    best: dict[str, dict[str, Any]] = {}
+    rank = lambda c: (c.get("balanced_error_out_of_source") is None,  # noqa: E731
+                      c.get("balanced_error_out_of_source") or 0.0, c["false_positive_rate"])
+    for candidate in candidates:
+        kind = candidate.get("kinds", candidate["features"])
+        if kind not in best or rank(candidate) < rank(best[kind]):
+            best[kind] = candidate
+    lines = ["| gate kind | best candidate | error in source | error out of source | twin AUROC |",
+             "|---|---|---|---|---|"]
+    for kind, c in best.items():
+        twin = c.get("twin_auroc")
+        lines.append(f"| {kind} | {c['features']} | {_pct(c.get('balanced_error_in_source'))} | "
+                     f"{_pct(c.get('balanced_error_out_of_source'))} | {'-' if twin is None else f'{twin:.3f}'} |")
+    return "\n".join(lines)

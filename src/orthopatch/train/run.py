@@ -31,7 +31,7 @@ from orthopatch.train import checkpoint
 from orthopatch.train.adapters import bake_scale, save_weights, trainable_model
 from orthopatch.train.config import TrainConfig
 from orthopatch.train.data import TrainingSet, training_set
-from orthopatch.train.gate import fit_gate
+from orthopatch.train.gate import check_features, fit_gate
 from orthopatch.train.loop import LoopResult, run_loop
 from orthopatch.train.objectives import TrainContext, build_objectives
 from orthopatch.train.reference import Reference
@@ -52,6 +52,8 @@ def train_patch(cfg: TrainConfig, *, overwrite: bool = False, progress: bool = T
         checkpoints = checkpoint.checkpoint_root(output)
         records, provenance = safety_records(cfg, records)  # a bad file fails before a large model loads
         gate_prompts = gate_data(cfg.gate, cfg.seed, cfg.split_seed) if cfg.gate.enabled else None
+        if cfg.gate.enabled:
+            check_features(cfg.gate)  # a guard or encoder directory that is not one fails before training
         model, tokenizer, info = load_model_for(cfg, model_and_tokenizer)
         data = training_set(cfg, model, tokenizer, records, provenance, checkpoints, progress)
         fault_point("data")
@@ -95,7 +97,7 @@ def fitted_gate(cfg: TrainConfig, model, tokenizer, prompts: GateData | None, pr
     was_training = model.training
     model.eval()
     with model.disable_adapter():
-        gate = fit_gate(model, tokenizer, cfg.gate, prompts, progress)
+        gate = fit_gate(model, tokenizer, cfg.gate, prompts, progress, cfg.seed)
     model.train(was_training)
     return gate
 

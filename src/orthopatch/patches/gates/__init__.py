@@ -1,7 +1,16 @@
-"""Gate kinds of a selective patch: features (``hidden``, ``encoder``, ``hf-classifier``) and heads (``linear``,
-``mlp``), each one module registered in :mod:`registry`; :class:`Gate` combines them and reads and writes them."""
+"""Gate kinds of a selective patch: features (``hidden``, ``encoder``, ``tuned-encoder``, ``hf-classifier``,
+``hf-guard``) and heads (``linear``, ``mlp``), each one module registered in :mod:`registry`; :class:`Gate` combines
+them and reads and writes them."""
 
-from orthopatch.patches.gates import classifier, encoder, hidden, linear, mlp  # noqa: F401  (they register)
+from orthopatch.patches.gates import (  # noqa: F401  (they register)
+    classifier,
+    encoder,
+    generative_guard,
+    hidden,
+    linear,
+    mlp,
+    tuned_encoder,
+)
 from orthopatch.patches.gates.base import (
            GATE_CONFIG,
            GATE_TOKENIZER,

@@ -64,10 +64,22 @@ class Feature:
 
     kind: ClassVar[str]
     reads_text: ClassVar[bool] = False
+    # a kind that learns is fitted on the gate's training prompts (``fitted``) and keeps its own files inside the
+    # patch (``files``, written by ``save_files``, named in its config relative to the patch directory)
+    learns: ClassVar[bool] = False
+    files: ClassVar[tuple[str, ...]] = ()
 
     @property
     def layers(self) -> list[int]:
         return []  # hidden-state indices of the base this feature needs
+
+    def fitted(self, texts: list[str], labels: torch.Tensor, seed: int, quick: bool = False) -> Feature:
+        """A copy fitted on these prompts (1 = harmful); ``quick``: a cheaper fit for the refits of leaving one
+        source out. Kinds that do not learn return themselves."""
+        return self
+
+    def save_files(self, directory: Path) -> None:
+        """Write this feature's own files into the patch directory (kinds that learn)."""
 
     def extract(self, inputs: GateInputs) -> torch.Tensor:
         raise NotImplementedError
@@ -226,6 +238,8 @@ class Gate:
     def save(self, directory: Path) -> None:
         save_file({k: v.contiguous() for k, v in self.head.tensors().items()}, str(directory / GATE_WEIGHTS),
                   metadata={"format": "pt"})
+        for feature in self.features:
+            feature.save_files(directory)
         if self._first_kind():
             feature = self.features[0].config()
             config = {"format": GATE_FORMAT, "layer": feature["layers"][0], "pooling": feature["pooling"],

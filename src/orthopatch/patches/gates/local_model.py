@@ -10,15 +10,17 @@ from orthopatch.errors import UserError
 from orthopatch.models.encoders import weights_sha256
 
 
-def pinned_directory(config: dict[str, Any], key: str, resolve, path: Path, where: str) -> tuple[Path, str]:
-    """The directory ``config[key]`` names, resolved, and checked against ``config["sha256"]``."""
+def pinned_directory(config: dict[str, Any], key: str, resolve, path: Path, where: str,
+                     digest=weights_sha256) -> tuple[Path, str]:
+    """The directory ``config[key]`` names, resolved, and checked against ``config["sha256"]`` (``digest`` of the
+    directory: by default the sha256 of its ``model.safetensors``)."""
     name, expected = config.get(key), config.get("sha256")
     if not isinstance(name, str) or not name:
         raise UserError("must name a model", path=path, field=where + key)
     if not isinstance(expected, str):
         raise UserError("must give the sha256 of the model's weights", path=path, field=where + "sha256")
     directory = resolve(name)
-    if weights_sha256(directory) != expected:
+    if digest(directory) != expected:
         raise UserError(f"the weights of {name} do not match the sha256 this gate was fitted with", path=path,
                         field=where + "sha256")
     return directory, expected

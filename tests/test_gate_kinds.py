@@ -268,6 +268,8 @@ def test_the_server_serves_a_patch_of_each_kind(tiny_model, guard, generative_gu
 
     kinds = {"hidden": "hidden", "encoder": "encoder", "guard": "guard", "generative": "generative",
              "tuned": "tuned-encoder"}
+    for name in kinds:
+        (tmp_path / name).mkdir()
     patches = {name: gated_patch_of(tiny_model, tmp_path / name, [spec(kind, guard, generative_guard)])
                for name, kind in kinds.items()}
     base, tokenizer, info = load_model(str(tiny_model), device="cpu")

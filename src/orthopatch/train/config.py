@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from orthopatch.config import CAP, DTYPES, POSITIVE, num
-from orthopatch.data.policy import CONTRAST, HARMFUL_TRAINING
+from orthopatch.data.policy import CONTRAST, HARMFUL_MORE, HARMFUL_TRAINING, HARMFUL_VALIDATION_ONLY
 from orthopatch.errors import UserError
 
 METHODS = ("lora-sft", "full-sft", "lora-dpo", "full-dpo")
@@ -32,6 +32,14 @@ SELECTIVE_GATE = {"enabled": True, "selection": "out-of-source",
 # they help on held-out sources. On SmolLM2 (2026-12-02) it keeps them, with layer 12 pooled both ways: a trade
 # against the recipe's gate, not a better one (README), at twice its training time.
 SELECTIVE_REPHRASED_GATE = {**SELECTIVE_GATE, "poolings": list(POOLINGS), "rephrase": 0.5, "extra": ["rephrase"]}
+# A gate taught intent rather than topic: six harmful sources (HarmBench's own validation split as a seventh, never
+# fitted on), a benign twin of every harmful request, rewrites into other tenses, persons and registers, obfuscated
+# copies of both classes; the fine-tuned encoder among the candidates, and no candidate that cannot tell the
+# validation requests from their twins.
+SELECTIVE_TWINS_GATE = {**SELECTIVE_GATE, "harmful": [*HARMFUL_TRAINING, *HARMFUL_MORE],
+                        "validation_harmful": list(HARMFUL_VALIDATION_ONLY), "twins": 1.0, "rewrites": 0.5,
+                        "obfuscate": 0.3, "features": ["hidden", "hidden:all", "encoder", "tuned-encoder"],
+                        "min_twin_auroc": 0.85}
 # Named training recipes (`orthopatch train --preset NAME`), applied under --config and --set. Each comes from a
 # measured study; the comment says which.
 TRAIN_PRESETS: dict[str, dict[str, Any]] = {
@@ -54,6 +62,7 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
     # future-tense requests let through 83% -> 25%, varied benign prompts refused 30% -> 17.5%; HarmBench 97.9% ->
     # 95.8%, prefix injection 0% -> 50%, third-person rephrasings 8% -> 42%; 8 minutes to train instead of 4.
     "selective-rephrased": {**SELECTIVE, "gate": SELECTIVE_REPHRASED_GATE},
+    "selective-twins": {**SELECTIVE, "gate": SELECTIVE_TWINS_GATE},
     # The other two selective families, measured alongside: the gate in front of a contrastive patch (a KL retain
     # term on the benign contrast prompts), and the contrastive patch without a gate.
     "selective-cascade": {**SELECTIVE, "retain": SELECTIVE_RETAIN, "gate": SELECTIVE_GATE},

@@ -103,7 +103,8 @@ def evaluate_probe(gate: Gate, features: dict[str, torch.Tensor], harmful: str,
 
 
 LOSO_STEPS = 100  # L-BFGS steps of each leave-one-source-out refit (standardised features converge fast)
-# a gate whose features learn is refitted once per fold of sources, not once per source (a fine-tuning each)
+# when a candidate's features learn (a fine-tuning per refit), sources are held out in this many folds rather than
+# one at a time, for every candidate alike
 LEARNED_FOLDS = 4
 
 
@@ -154,22 +155,29 @@ def _text_values(feature: Feature, texts: list[str]) -> torch.Tensor:
     return feature.extract(inputs).float()
 
 
-def _learning_refit(gate: Gate, m: _Matrices, data: GateData, rows: torch.Tensor, seed: int, l2: float):
-    """For leaving one source out of a gate whose features learn: refit them (quickly) and the head on the kept
-    rows; the other features keep their values."""
+def _learning_refit(gate: Gate, m: _Matrices, data: GateData, rows: torch.Tensor, seed: int, l2: float,
+                    memo: dict):
+    """For leaving sources out of a gate whose features learn: refit them (quickly) and the head on the kept rows;
+    the other features keep their values. A learned feature's refit on the same rows is shared (``memo``) by every
+    candidate that holds it, whatever its head or penalty."""
     texts = data.train_harmful + data.train_benign
     val_texts = [p for group in [data.validation_harmful, *data.validation_benign.values()] for p in group]
     fitting = rows.nonzero().flatten()
 
+    def learned(feature: Feature, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, Feature]:
+        key = (feature_key(feature), tuple(index.tolist()))
+        if key not in memo:
+            chosen = [texts[i] for i in index.tolist()]
+            refitted = feature.fitted(chosen, m.y[index], seed, quick=True)
+            memo[key] = (_text_values(refitted, chosen), _text_values(refitted, val_texts), feature)
+        return memo[key]  # (the refitted model itself is not kept: its values are all a fold needs)
+
     def refit(keep: torch.Tensor) -> tuple[Gate, torch.Tensor]:
         index = fitting[keep]
-        chosen = [texts[i] for i in index.tolist()]
-        features = [f.fitted(chosen, m.y[index], seed, quick=True) if f.learns else f for f in gate.features]
-        values = lambda f, split, picked, strings: (_text_values(f, strings) if f.learns  # noqa: E731
-                                                    else m.of((f,), split)[picked])
-        X = torch.cat([values(f, "train", index, chosen) for f in features], 1)
-        X_val = torch.cat([values(f, "validation", slice(None), val_texts) for f in features], 1)
-        return Gate(features, HEADS[gate.head.kind].fit(X, m.y[index], l2, LOSO_STEPS), 0.0), X_val
+        parts = [learned(f, index) if f.learns else (m.of((f,), "train")[index], m.of((f,), "validation"), f)
+                 for f in gate.features]
+        X, X_val = torch.cat([p[0] for p in parts], 1), torch.cat([p[1] for p in parts], 1)
+        return Gate([p[2] for p in parts], HEADS[gate.head.kind].fit(X, m.y[index], l2, LOSO_STEPS), 0.0), X_val
     return refit
 
 
@@ -196,17 +204,20 @@ def fit_gate(model, tokenizer, settings: GateSettings, data: GateData, progress:
     val_names = ["harmful", *data.validation_benign]
     options = data_options(settings, data)
     operating = OperatingPoint(settings.recall, settings.max_benign_rate)
+    refits: dict = {}  # learned features refitted without a fold of sources, shared across candidates
+    # every candidate is held out the same way, so that their out-of-source errors compare: one source at a time, or
+    # (when a candidate's features learn, a fine-tuning per refit) in folds of sources
+    folds = LEARNED_FOLDS if any(f.learns for f in distinct) else None
 
     def out_of_source(gate: Gate, X: torch.Tensor, X_val: torch.Tensor, rows: torch.Tensor) -> dict[str, Any]:
         head = HEADS[gate.head.kind]
         kept = rows.nonzero().flatten().tolist()
-        refit = _learning_refit(gate, m, data, rows, seed, gate.info["l2"]) \
+        refit = _learning_refit(gate, m, data, rows, seed, gate.info["l2"], refits) \
             if any(f.learns for f in gate.features) else None
         return leave_one_source_out(lambda X_, y_, l2_: head.fit(X_, y_, l2_, LOSO_STEPS), gate,
                                     (X, m.y[rows], [data.train_sources[i] for i in kept]),
                                     (X_val, m.y_val, m.val_sources), gate.info["l2"], operating,
-                                    [(data.train_origins or data.train_sources)[i] for i in kept], refit,
-                                    LEARNED_FOLDS if refit is not None else None)
+                                    [(data.train_origins or data.train_sources)[i] for i in kept], refit, folds)
 
     candidates = []
     for index, features in enumerate(combos):

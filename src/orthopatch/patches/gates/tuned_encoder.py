@@ -33,8 +33,8 @@ from orthopatch.patches.gates.local_model import positive_int
 from orthopatch.patches.gates.registry import register_feature
 
 WEIGHTS, CONFIG, TOKENIZER = "gate_encoder.safetensors", "gate_encoder.json", "gate_encoder_tokenizer.json"
-MAX_TOKENS = 128  # a longer prompt keeps its end, where the request usually is
-EPOCHS, BATCH, LR = 3, 32, 5e-5
+MAX_TOKENS = 96  # a longer prompt keeps its end, where the request usually is
+EPOCHS, BATCH, LR = 2, 32, 5e-5
 MIN_STEPS = 40  # a small data set still gets this many updates
 # the word embeddings and the lowest layers stay as they are: they read words, which the pretrained encoder does
 # well, and holding them costs a third of a step's time on a CPU (measured: 0.31 s instead of 0.8 s, batch 32)
@@ -69,7 +69,7 @@ def _batch(tokenizer: Tokenizer, texts: list[str]) -> tuple[torch.Tensor, torch.
 
 
 def train_classifier(model: _Classifier, tokenizer: Tokenizer, texts: list[str], labels: torch.Tensor, seed: int,
-                     epochs: int = EPOCHS) -> _Classifier:
+                     epochs: int = EPOCHS, min_steps: int = MIN_STEPS) -> _Classifier:
     """Fine-tune ``model`` in place: class-balanced logistic loss, AdamW, batches in a seeded order; at least
     ``MIN_STEPS`` updates."""
     generator = torch.Generator().manual_seed(seed)
@@ -82,7 +82,7 @@ def train_classifier(model: _Classifier, tokenizer: Tokenizer, texts: list[str],
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=LR, weight_decay=0.01)
     model.train()
     steps_per_epoch = math.ceil(len(texts) / BATCH)
-    for _ in range(max(epochs, math.ceil(MIN_STEPS / steps_per_epoch))):
+    for _ in range(max(epochs, math.ceil(min_steps / steps_per_epoch))):
         for chunk in _length_batches(texts, torch.randperm(len(texts), generator=generator).tolist(), generator):
             ids, mask = _batch(tokenizer, [texts[i] for i in chunk])
             loss = torch.nn.functional.binary_cross_entropy_with_logits(model(ids, mask), labels[chunk].float(),
@@ -125,7 +125,8 @@ class TunedEncoder(Feature):
         tokenizer = _tokenizer(Tokenizer.from_file(str(self.directory / "tokenizer.json")), self.max_tokens)
         torch.manual_seed(seed)
         encoder = AutoModel.from_pretrained(str(self.directory), use_safetensors=True, trust_remote_code=False)
-        model = train_classifier(_Classifier(encoder), tokenizer, texts, labels, seed, 1 if quick else EPOCHS)
+        model = train_classifier(_Classifier(encoder), tokenizer, texts, labels, seed, *((1, MIN_STEPS // 4) if quick
+                                                                                        else (EPOCHS, MIN_STEPS)))
         return TunedEncoder(self.start, self.directory, model, tokenizer, self.max_tokens,
                             _state_sha256(model))
 

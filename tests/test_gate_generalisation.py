@@ -22,8 +22,16 @@ from orthopatch.models.generation import Unformatted, chat_prompt_ids
 from orthopatch.patches.gate import Gate
 from orthopatch.patches.gates import HiddenStates, LinearHead
 from orthopatch.train.config import TrainConfig
-from orthopatch.train.gate import data_options, one_standard_error
-from orthopatch.train.gate_selection import error_table, leave_one_source_out, source_folds, summary
+from orthopatch.train.gate import data_options, fit_gate, one_standard_error, separating_twins
+from orthopatch.train.gate_selection import (
+    OperatingPoint,
+    benign_rate_threshold,
+    error_table,
+    leave_one_source_out,
+    recall_threshold,
+    source_folds,
+    summary,
+)
 from tests.conftest import build_tokenizer, train_gated_patch
 
 
@@ -254,3 +262,45 @@ def test_raw_text_must_be_benign():
     settings = make(TrainConfig, gate={"enabled": True, "max_per_set": 5, "raw_text": ["advbench"]}).gate
     with pytest.raises(UserError, match="raw_text takes benign text sets"):
         gate_data(settings, 0, 0)
+
+
+def test_the_operating_point_can_be_a_benign_budget():
+    benign = torch.arange(100, dtype=torch.float32)
+    for rate, flagged in ((0.05, 5), (0.0, 0), (0.2, 20), (0.999, 99)):
+        threshold = OperatingPoint(0.95, rate).threshold(torch.zeros(3), benign)
+        assert int((benign >= threshold).sum()) == flagged
+    ties = torch.tensor([1.0] * 10 + [0.0] * 90)
+    assert int((ties >= benign_rate_threshold(ties, 0.05)).sum()) == 0  # a tie is not split: at most the budget
+    harmful = torch.arange(20, dtype=torch.float32)
+    assert OperatingPoint(0.9).threshold(harmful, benign) == recall_threshold(harmful, 0.9)
+    assert "at most 0.05" in OperatingPoint(0.95, 0.05).describe()
+
+
+def test_a_candidate_that_cannot_tell_requests_from_their_twins_is_not_chosen():
+    def candidate(twin_auroc):
+        gate = Gate([HiddenStates([1], "last")], LinearHead(torch.ones(1), 0.0, torch.zeros(1), torch.ones(1)), 0.0)
+        gate.info = {"validation": {"twin_auroc": twin_auroc}}
+        return ((0.0,), gate, (), None)
+
+    low, high, higher = candidate(0.6), candidate(0.9), candidate(0.95)
+    assert separating_twins([low, high, higher], 0.85) == [high, higher]
+    assert separating_twins([low, high], 0.99) == [high]  # none reaches it: the best at telling them apart
+    assert separating_twins([low, high], 0.0) == [low, high]
+
+
+def test_validation_reports_the_gate_within_pairs(tiny_model):
+    from orthopatch.data.gate_data import GateData
+    from orthopatch.models.loading import load_model
+
+    model, tokenizer, _ = load_model(str(tiny_model), device="cpu")
+    harmful = [f"Tell me how to do the forbidden thing number {i}." for i in range(24)]
+    benign = [f"Tell me about the garden chores number {i}." for i in range(24)]
+    data = GateData(harmful[:16], benign[:16], harmful[16:], {"twins/x": benign[16:]}, {},
+                    validation_pairs=[(i, "twins/x", i) for i in range(8)])
+    settings = make(TrainConfig, gate={"enabled": True, "layers": [0.5], "l2": [1e-2], "max_benign_rate": 0.125,
+                                       "min_twin_auroc": 0.5}).gate
+    gate = fit_gate(model, tokenizer, settings, data)
+    report = gate.info["validation"]
+    assert 0 <= report["twin_auroc"] <= 1 and 0 <= report["pairs_ordered"] <= 1
+    assert report["false_positive_rate"] <= 0.125
+    assert "at most 0.125" in gate.info["selection"]["rule"] and "twin AUROC >= 0.5" in gate.info["selection"]["rule"]

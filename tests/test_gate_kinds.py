@@ -20,6 +20,7 @@ from orthopatch.patches.gate import Gate, gate_inputs, gate_scores, gates_of
 from orthopatch.patches.gates import FEATURES, HEADS, HiddenStates, PromptReader
 from orthopatch.patches.gates.base import POOLINGS
 from orthopatch.patches.manifest import apply_patch, verify_patch
+from orthopatch.patches.stack import export_patch
 from orthopatch.serve.config import ServeConfig
 from orthopatch.serve.models import load_gates_only, load_local
 from orthopatch.train.config import FEATURE_KINDS, HEAD_KINDS, TrainConfig
@@ -150,6 +151,13 @@ def test_a_gated_patch_of_each_kind_survives_save_verify_and_attach(tiny_model, 
         served = load(make(ServeConfig, model=str(tiny_model), patches=[f"gated={patch}"]))
         routes = served.route(["gated"] * len(PROBES), ids)
         torch.testing.assert_close(torch.tensor([r["gate"]["score"] for r in routes]), direct)
+    # an exported copy (another directory, as on another machine) carries the gate's own files and scores the same
+    (tmp_path / "elsewhere").mkdir()
+    exported = export_patch(patch, tmp_path / "elsewhere" / "patch")
+    shutil.rmtree(patch)
+    moved = Gate.load(exported)
+    assert all(name in verify_patch(exported)["files"] for f in moved.features for name in f.files)
+    torch.testing.assert_close(moved.score(gate_inputs(plain, input_ids, attention, moved.layers)), direct)
 
 
 PROBES = ["Tell me how to do the forbidden thing number 99.", "What is the capital of France?", "Who wrote Hamlet?"]

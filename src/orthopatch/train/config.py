@@ -34,12 +34,13 @@ SELECTIVE_GATE = {"enabled": True, "selection": "out-of-source",
 SELECTIVE_REPHRASED_GATE = {**SELECTIVE_GATE, "poolings": list(POOLINGS), "rephrase": 0.5, "extra": ["rephrase"]}
 # A gate taught intent rather than topic: six harmful sources (HarmBench's own validation split as a seventh, never
 # fitted on), a benign twin of every harmful request, rewrites into other tenses, persons and registers, obfuscated
-# copies of both classes; the fine-tuned encoder among the candidates, and no candidate that cannot tell the
+# copies of both classes, the project's varied benign prompts among the contrast; the fine-tuned encoder, the
+# base's hidden states, or both, chosen out of source (four folds of sources), no candidate that cannot tell the
 # validation requests from their twins.
 SELECTIVE_TWINS_GATE = {**SELECTIVE_GATE, "harmful": [*HARMFUL_TRAINING, *HARMFUL_MORE],
-                        "validation_harmful": list(HARMFUL_VALIDATION_ONLY), "twins": 1.0, "rewrites": 0.5,
-                        "obfuscate": 0.3, "features": ["hidden", "hidden:all", "encoder", "tuned-encoder"],
-                        "min_twin_auroc": 0.85}
+                        "benign": [*CONTRAST, "varied_benign"], "validation_harmful": list(HARMFUL_VALIDATION_ONLY),
+                        "twins": 1.0, "rewrites": 0.5, "obfuscate": 0.3,
+                        "features": ["hidden:all", "tuned-encoder", "hidden:all+tuned-encoder"], "min_twin_auroc": 0.85}
 # Named training recipes (`orthopatch train --preset NAME`), applied under --config and --set. Each comes from a
 # measured study; the comment says which.
 TRAIN_PRESETS: dict[str, dict[str, Any]] = {

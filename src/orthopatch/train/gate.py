@@ -285,8 +285,10 @@ def one_standard_error(candidates: list) -> tuple:
 
 def _selection(settings: GateSettings, loso: bool, candidates: list, operating: OperatingPoint,
                n_eligible: int) -> dict[str, Any]:
+    held = "in folds of sources" if any(g.info.get("out_of_source", {}).get("held_out", "").endswith("folds of sources")
+                                        for _, g, _, _ in candidates) else "one at a time"
     rule = ("of the candidates within one standard error of the lowest balanced error (benign prompts flagged, "
-            "harmful missed) on sources left out of fitting one at a time, the lowest balanced error in source"
+            f"harmful missed) on sources left out of fitting {held}, the lowest balanced error in source"
             if loso else "fewest benign validation prompts flagged") + f", at {operating.describe()}; then the " \
         "highest AUROC"
     if settings.min_twin_auroc:

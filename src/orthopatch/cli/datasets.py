@@ -15,6 +15,6 @@ def run_datasets(args: argparse.Namespace, command: str) -> int:
 
     for name, spec in REGISTRY.items():
         n = len(load_dataset(name).records)
-        flag = "harmful" if spec.harmful else "benign"
+        flag = "harmful" if spec.harmful else "private" if spec.private else "benign"  # private: benign, not shown
         print(f"{name:28s} {spec.kind:11s} {flag:8s} n={n:<5d} splits={spec.splits}  {spec.description}")
     return 0

@@ -13,15 +13,15 @@ from collections import defaultdict
 from collections.abc import Iterable
 
 
-def _words(text: str) -> frozenset[str]:
+def words_of(text: str) -> frozenset[str]:
     return frozenset(text.split())
 
 
 NEAR = 0.8
 MIN_WORDS = 4  # shorter prompts match exactly or not at all (two short requests share most words by chance)
 _WORD = re.compile(r"[a-z0-9]+")
-_FUNCTION_WORDS = _words("a an the to of and or in on for with how what is are be i me my you your it that this "
-                         "can do does should would could will")
+_FUNCTION_WORDS = words_of("a an the to of and or in on for with how what is are be i me my you your it that this "
+                           "can do does should would could will")
 
 
 def normalise(text: str) -> str:

@@ -22,6 +22,7 @@ import hashlib
 import re
 from dataclasses import dataclass
 
+from orthopatch.data.dedup import words_of
 from orthopatch.data.schema import Record
 from orthopatch.data.varied import STYLES, styled
 
@@ -123,10 +124,6 @@ REWRITES: dict[str, tuple[str, ...]] = {
 OBFUSCATIONS = ("leetspeak", "spacing", "homoglyphs", "misspellings")
 
 
-def _words(text: str) -> frozenset[str]:
-    return frozenset(text.split())
-
-
 def _unit(key: str) -> float:
     return int.from_bytes(hashlib.sha256(f"{VERSION}:{key}".encode()).digest()[:8], "big") / 2**64
 
@@ -168,16 +165,16 @@ _FOR = re.compile(r"\b(?:instructions|guide|tutorial|strategy|plan|tips|advice|m
 _MAKERS = ("write", "create", "develop", "design", "generate", "produce", "draft", "compose", "build", "program",
            "code", "publish", "post")
 _MAKE = re.compile(rf"^(?:please\s+)?(?P<verb>{'|'.join(_MAKERS)})\s+(?P<np>(?:a|an|some)\s+.+)", re.IGNORECASE)
-_ACTIONS = _words(
+_ACTIONS = words_of(
     "hack steal poison kill make build buy sell get find obtain spread cheat manipulate bypass evade launder forge "
     "smuggle track stalk harass bully blackmail extort scam defraud counterfeit synthesize synthesise cook grow bribe "
     "hide break pick disable crack access sneak start plant incite promote encourage convince trick lure dox "
     "impersonate fake exploit torture shoplift rob kidnap threaten intimidate spy cyberbully groom sabotage "
     "vandalize vandalise destroy")
-_DOUBLE = _words("get put cut hit run set stop plan rob drug kid shut trap grab stab spam scam ship skim tap dig "
-                 "bug jam nab mug swap chat trip drop admit commit submit permit forget begin upset outwit rig "
-                 "plot snap sip stir strip whip wrap skip slip flip clip grip chop shop hop jog blog tag nag beg pin "
-                 "spin win swim trim")
+_DOUBLE = words_of("get put cut hit run set stop plan rob drug kid shut trap grab stab spam scam ship skim tap dig "
+                   "bug jam nab mug swap chat trip drop admit commit submit permit forget begin upset outwit rig "
+                   "plot snap sip stir strip whip wrap skip slip flip clip grip chop shop hop jog blog tag nag beg pin "
+                   "spin win swim trim")
 _THIRD_PERSON = {"i": "they", "me": "them", "my": "their", "mine": "theirs", "myself": "themselves", "i'm": "they're",
                  "i've": "they've", "we": "they", "us": "them", "our": "their", "ourselves": "themselves"}
 _CUT = re.compile(r"[?.!\n;:]|\b(?:step[- ]by[- ]step|in detail|without getting caught|and give|and provide)\b",

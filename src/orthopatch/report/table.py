@@ -78,14 +78,17 @@ def metric_rows(results: dict[str, Any]) -> list[tuple[str, str, float | None]]:
     for adapter, gate in m.get("gate", {}).items():
         for set_name, value in gate["flagged"].items():
             add(f"gate {adapter}: prompts flagged (patch on): {set_name}", value)
-        if gate["auroc_harmful_vs_benign"] is not None:
-            rows.append((f"gate {adapter}: AUROC harmful vs benign", f"{gate['auroc_harmful_vs_benign']:.3f}",
-                         gate["auroc_harmful_vs_benign"]))
-        pairs = gate.get("pairs") or {}
-        if pairs.get("auroc_within_pairs") is not None:
-            rows.append((f"gate {adapter}: AUROC within pairs (request vs its twin, n={pairs['n']})",
-                         f"{pairs['auroc_within_pairs']:.3f}", pairs["auroc_within_pairs"]))
+        rows += _gate_separation_rows(adapter, gate)
     return rows
+
+
+def _gate_separation_rows(adapter: str, gate: dict[str, Any]) -> list[tuple[str, str, float]]:
+    """A gate's AUROC between harmful and benign prompts, and within pairs where the run had any."""
+    pairs = gate.get("pairs") or {}
+    found = [(f"gate {adapter}: AUROC harmful vs benign", gate["auroc_harmful_vs_benign"]),
+             (f"gate {adapter}: AUROC within pairs (request vs its twin, n={pairs.get('n')})",
+              pairs.get("auroc_within_pairs"))]
+    return [(label, f"{value:.3f}", value) for label, value in found if value is not None]
 
 
 def side_by_side(columns: dict[str, dict[str, Any]], title: str = "orthopatch") -> str:

@@ -181,20 +181,24 @@ def _learning_refit(gate: Gate, m: _Matrices, data: GateData, rows: torch.Tensor
     return refit
 
 
+def candidate_layers(model, settings: GateSettings) -> list[int]:
+    """The decoder layers ``settings.layers`` names as fractions of the model's depth."""
+    n_layers = len(decoder_layers(model))
+    return sorted({min(n_layers - 1, max(1, round(f * n_layers))) for f in settings.layers})
+
+
 def fit_gate(model, tokenizer, settings: GateSettings, data: GateData, progress: bool = False,
              seed: int = 0) -> Gate:
     """Fit every candidate probe (feature combination x data option x head x penalty) on the train prompts and
     choose one (the data options: :func:`data_options`). With
-    ``selection="out-of-source"`` (and sources known): a low balanced error on sources left out of fitting one at a
-    time, each at the threshold that keeps ``settings.recall`` of the other sources' harmful validation
-    prompts (:mod:`gate_selection`); otherwise the fewest benign validation prompts flagged at the threshold keeping
+    ``selection="out-of-source"`` (and sources known): a low balanced error on sources left out of fitting (one at a
+    time, or in folds when a candidate's features learn), each at the operating point set on the other sources'
+    validation prompts (:mod:`gate_selection`); otherwise the fewest benign validation prompts flagged at the threshold keeping
     ``settings.recall`` of the harmful ones, and the chosen probe's out-of-source error is measured all the same.
     Ties: the highest AUROC, then the earlier candidate. Out of source, the one-standard-error rule: see
     :func:`one_standard_error`."""
     start = time.perf_counter()
-    n_layers = len(decoder_layers(model))
-    layers = sorted({min(n_layers - 1, max(1, round(f * n_layers))) for f in settings.layers})
-    combos = _fit_learning(candidate_features(settings, layers), data, seed)
+    combos = _fit_learning(candidate_features(settings, candidate_layers(model, settings)), data, seed)
     distinct = list({feature_key(f): f for combo in combos for f in combo}.values())
     reader = PromptReader.of(tokenizer) if any(f.reads_text for f in distinct) else None
     wrap = ChatWrap.of(tokenizer) if settings.unformatted == "as-chat" else None

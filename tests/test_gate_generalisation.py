@@ -27,6 +27,7 @@ from orthopatch.train.gate_selection import (
     OperatingPoint,
     benign_rate_threshold,
     error_table,
+    kind_table,
     leave_one_source_out,
     recall_threshold,
     source_folds,
@@ -304,3 +305,16 @@ def test_validation_reports_the_gate_within_pairs(tiny_model):
     assert 0 <= report["twin_auroc"] <= 1 and 0 <= report["pairs_ordered"] <= 1
     assert report["false_positive_rate"] <= 0.125
     assert "at most 0.125" in gate.info["selection"]["rule"] and "twin AUROC >= 0.5" in gate.info["selection"]["rule"]
+
+
+def test_the_kind_table_keeps_each_kind_s_best_candidate_out_of_source():
+    candidates = [
+        {"kinds": "hidden", "features": "layer 12", "false_positive_rate": 0.1, "balanced_error_in_source": 0.1,
+         "balanced_error_out_of_source": 0.4, "twin_auroc": 0.7},
+        {"kinds": "hidden", "features": "layer 16", "false_positive_rate": 0.2, "balanced_error_in_source": 0.2,
+         "balanced_error_out_of_source": 0.3, "twin_auroc": 0.8},
+        {"kinds": "tuned-encoder", "features": "MiniLM tuned", "false_positive_rate": 0.3},
+    ]
+    table = kind_table(candidates).splitlines()
+    assert table[2] == "| hidden | layer 16 | 20.0% | 30.0% | 0.800 |"
+    assert table[3] == "| tuned-encoder | MiniLM tuned | - | - | - |" and len(table) == 4

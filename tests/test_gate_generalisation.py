@@ -297,12 +297,14 @@ def test_validation_reports_the_gate_within_pairs(tiny_model):
     harmful = [f"Tell me how to do the forbidden thing number {i}." for i in range(24)]
     benign = [f"Tell me about the garden chores number {i}." for i in range(24)]
     data = GateData(harmful[:16], benign[:16], harmful[16:], {"twins/x": benign[16:]}, {},
-                    validation_pairs=[(i, "twins/x", i) for i in range(8)])
+                    validation_pairs=[(i, "twins/x", i, "kept opening" if i % 2 else "reframed") for i in range(8)])
     settings = make(TrainConfig, gate={"enabled": True, "layers": [0.5], "l2": [1e-2], "max_benign_rate": 0.125,
                                        "min_twin_auroc": 0.5}).gate
     gate = fit_gate(model, tokenizer, settings, data)
     report = gate.info["validation"]
     assert 0 <= report["twin_auroc"] <= 1 and 0 <= report["pairs_ordered"] <= 1
+    assert set(report["twin_auroc_per_family"]) == {"kept opening", "reframed"}
+    assert report["twin_auroc"] == min(report["twin_auroc_per_family"].values())
     assert report["false_positive_rate"] <= 0.125
     assert "at most 0.125" in gate.info["selection"]["rule"] and "twin AUROC >= 0.5" in gate.info["selection"]["rule"]
 
@@ -318,3 +320,21 @@ def test_the_kind_table_keeps_each_kind_s_best_candidate_out_of_source():
     table = kind_table(candidates).splitlines()
     assert table[2] == "| hidden | layer 16 | 20.0% | 30.0% | 0.800 |"
     assert table[3] == "| tuned-encoder | MiniLM tuned | - | - | - |" and len(table) == 4
+
+
+def test_the_hardest_twin_family_decides_the_twin_auroc():
+    from orthopatch.train.gate import evaluate_probe
+
+    class Scores:  # a gate whose score is the feature itself
+        threshold = 0.5
+
+        def logits(self, x: torch.Tensor) -> torch.Tensor:
+            return x
+
+    harmful = torch.tensor([0.9, 0.8, 0.7, 0.6])
+    twins = torch.tensor([0.1, 0.2, 0.95, 0.99])  # reframed twins score low, kept-opening twins above their request
+    pairs = [(0, "twins/a", 0, "reframed"), (1, "twins/a", 1, "reframed"), (2, "twins/a", 2, "kept opening"),
+             (3, "twins/a", 3, "kept opening")]
+    report = evaluate_probe(Scores(), {"harmful": harmful, "twins/a": twins}, "harmful", pairs)
+    assert report["twin_auroc_per_family"] == {"kept opening": 0.0, "reframed": 1.0}
+    assert report["twin_auroc"] == 0.0 and report["pairs_ordered"] == 0.5

@@ -46,6 +46,9 @@ def test_study_chooses_on_validation_before_testing_and_reports_every_family(tin
     sources = selection["families"]["gated"]["gate_sources"]  # the gate's error with and without each source
     assert "advbench" in sources["sources"] and sources["balanced_error_out_of_source"] is not None
     assert "| **balanced mean** |" in (out / "selective.md").read_text()
+    assert "| family | validation harmful refusal | validation over-refusal | margin |" in (out / "selective.md").read_text()
+    assert "twins" in selection["rule"] and "harmbench_official:standard" in selection["rule"]  # twin-aware
+    assert all("twins_over_refusal" in row for row in record["test"].values())
     gate = selection["families"]["gated"]["gate"]  # the study's gate is chosen out of source, among feature kinds
     assert gate["mode"] == "out-of-source" and gate["chosen"] in (out / "selective.md").read_text()
     calls.clear()
@@ -81,3 +84,12 @@ def test_the_gate_sentence_says_whether_the_extra_data_was_kept():
             "rule": "the rule"}
     assert "gate.extra" not in gate_sentence("gated", gate)
     assert "(L2 0.1, fitted with extra (gate.extra))" in gate_sentence("gated", {**gate, "data": "with extra"})
+
+
+def test_the_study_weighs_the_twins_preset_against_the_recipe_on_twin_aware_validation():
+    from orthopatch.train.config import TRAIN_PRESETS
+
+    assert selective.FAMILIES["twins"] is TRAIN_PRESETS["selective-twins"] and "twins" in selective.GATED
+    val = selective.validation_eval(SelectiveConfig())
+    assert "twins" in val.benign and "twins" in selective.CHOICE_BENIGN
+    assert {"harmbench_official:standard", "rewrites", "obfuscated"} <= set(val.harmful)

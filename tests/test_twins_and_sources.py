@@ -138,9 +138,10 @@ def test_no_validation_generator_reaches_fitting():
     assert "harmbench_official:standard" in set(data.validation_harmful_sources)
     assert "harmbench_official:standard" not in train_sources
     # every validation twin comes from a validation generator and pairs with a validation request
-    assert data.validation_pairs and all(s.startswith("twins/") for _, s, _ in data.validation_pairs)
+    assert data.validation_pairs and all(s.startswith("twins/") for _, s, _, _ in data.validation_pairs)
+    assert {f for *_, f in data.validation_pairs} == {"kept opening", "reframed"}  # both families judged
     fitted = set(data.train_harmful + data.train_benign)
-    val_twins = [data.validation_benign[s][j] for _, s, j in data.validation_pairs]
+    val_twins = [data.validation_benign[s][j] for _, s, j, _ in data.validation_pairs]
     assert not set(val_twins) & fitted
 
 

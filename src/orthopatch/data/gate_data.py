@@ -64,9 +64,9 @@ class GateData:
     train_sources: list[str] | None = None  # one per row of train_harmful + train_benign
     validation_harmful_sources: list[str] | None = None  # one per row of validation_harmful
     train_origins: list[str] | None = None  # the set each training row was drawn from (a wrapped copy's original)
-    # validation pairs (row in validation_harmful, source in validation_benign, row there): a harmful request and
-    # the benign twin written from it, for the gate's AUROC within pairs
-    validation_pairs: list[tuple[int, str, int]] = field(default_factory=list)
+    # validation pairs (row in validation_harmful, source in validation_benign, row there, the twin's family): a
+    # harmful request and the benign twin written from it, for the gate's AUROC within pairs
+    validation_pairs: list[tuple[int, str, int, str]] = field(default_factory=list)
 
 
 def _capped(records: list[Record], cap: int | None) -> list[Record]:
@@ -171,10 +171,10 @@ def unformatted_copies(records: list[Record], share: float, seed: int, split: st
             for r in records if unit_interval(f"unformatted:{split}:{r.id}", seed) < share]
 
 
-def _pairs(harmful: list[tuple[str, Record]], benign: dict[str, list[Record]]) -> list[tuple[int, str, int]]:
+def _pairs(harmful: list[tuple[str, Record]], benign: dict[str, list[Record]]) -> list[tuple[int, str, int, str]]:
     row = {r.id: i for i, (_, r) in enumerate(harmful)}
-    return [(row[r.meta["pair"]], source, j) for source, records in benign.items() for j, r in enumerate(records)
-            if "intent" in r.meta and r.meta.get("pair") in row]
+    return [(row[r.meta["pair"]], source, j, r.meta.get("family", "twins")) for source, records in benign.items()
+            for j, r in enumerate(records) if "intent" in r.meta and r.meta.get("pair") in row]
 
 
 def gate_data(settings: GateDataSettings, seed: int, split_seed: int) -> GateData:

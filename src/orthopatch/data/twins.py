@@ -267,11 +267,11 @@ def twins_of(records: list[Record], split: str, per_prompt: int = 1) -> list[Rec
             intent, name = generators[(start + k) % len(generators)]
             key = f"{record.id}:{name}"
             text = _twin_text(found, intent, name, key)
-            style = "kept" if name in KEPT.get(intent, {}) else _pick(list(STYLES), f"style:{key}")
-            out.append(Record(id=f"{record.id}|twin:{name}", prompt=text if style == "kept" else
-                              styled(text, style, key),
+            kept = name in KEPT.get(intent, {})
+            style = "kept" if kept else _pick(list(STYLES), f"style:{key}")
+            out.append(Record(id=f"{record.id}|twin:{name}", prompt=text if kept else styled(text, style, key),
                               meta={"pair": record.id, "intent": intent, "generator": name, "style": style,
-                                    "split": split}))
+                                    "family": "kept opening" if kept else "reframed", "split": split}))
     return out
 
 

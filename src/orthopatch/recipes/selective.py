@@ -7,7 +7,10 @@ Families (each a train preset, so the study's winner is what ``train --preset`` 
 - ``contrastive``: the same plus a KL retain term on benign contrast prompts (``selective-contrastive``);
 - ``gated``: the naive patch behind a gate (``selective``, the recommended recipe: the study's choice on
   validation), its features (the base's hidden states, a sentence encoder, or both) chosen out of source;
-- ``cascade``: the contrastive patch behind the gate (``selective-cascade``).
+- ``cascade``: the contrastive patch behind the gate (``selective-cascade``);
+- ``twins``: the naive patch behind a gate taught intent rather than topic (``selective-twins``: more harmful
+  sources, benign twins of the harmful requests, rewrites and obfuscated copies; a fine-tuned sentence encoder
+  among its features).
 Ungated families move along their dose, gated ones along their gate threshold (computed from the base's answers and
 the patch's answers without its gate: :mod:`.frontier`). An ungated family ships at the dose with the largest margin
 of harmful refusal over over-refusal (Youden's J) on validation, a gated one at its gate's own validation
@@ -16,6 +19,10 @@ within the base's over-refusal + a tolerance": on a few dozen benign validation 
 one or two prompts, and it would then pick a patch that refuses little. The contrast sets are ablated one at a time:
 for the gate (refitted on the same features, no retraining) and, with ``retain_ablation``, for the contrastive
 patch (retrained). ``selection.json`` is written before any test evaluation starts.
+
+Validation holds what no family is fitted on: HarmBench's own validation split, rewrites and spellings of kinds no
+gate is fitted on, and benign twins from generators no gate is fitted on, which count as over-refusal beside rho and
+wsr (a gate that reads topic rather than intent refuses them).
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ from typing import Any
 
 from orthopatch.config import Placement, apply, checked_run, make, num
 from orthopatch.data.gate_data import gate_data
-from orthopatch.data.policy import CONTRAST, HARMFUL_TRAINING
+from orthopatch.data.policy import CONTRAST, HARMFUL_TRAINING, HARMFUL_VALIDATION_ONLY
 from orthopatch.errors import UserError
 from orthopatch.evaluate.config import DEFAULT_ATTACKS, EvalConfig
 from orthopatch.evaluate.runner import evaluate
@@ -47,12 +54,17 @@ from orthopatch.train.gate import fit_gate
 
 FAMILIES: dict[str, dict[str, Any]] = {"naive": SELECTIVE, "contrastive": TRAIN_PRESETS["selective-contrastive"],
                                        "gated": TRAIN_PRESETS["selective"],
-                                       "cascade": TRAIN_PRESETS["selective-cascade"]}
-HARMFUL_VAL = list(HARMFUL_TRAINING)  # the harmful sets whose validation splits place each family
-BENIGN = ["rho_overrefusal", "wsr_benign", "lookalikes"]
-TARGET_BENIGN = ("rho_overrefusal", "wsr_benign")  # the issue's over-refusal: rho + wsr test
+                                       "cascade": TRAIN_PRESETS["selective-cascade"],
+                                       "twins": TRAIN_PRESETS["selective-twins"]}
+# the harmful sets whose validation splits place each family: the training sources, a source no family is fitted
+# on, and the same requests rewritten and respelt in kinds no gate is fitted on
+HARMFUL_VAL = [*HARMFUL_TRAINING, *HARMFUL_VALIDATION_ONLY, "rewrites", "obfuscated"]
+BENIGN = ["rho_overrefusal", "wsr_benign", "lookalikes", "twins"]
+TARGET_BENIGN = ("rho_overrefusal", "wsr_benign")  # the over-refusal targets are stated on: rho + wsr test
+# validation over-refusal, what a family is chosen on: the same two and the benign twins
+CHOICE_BENIGN = (*TARGET_BENIGN, "twins")
 BORDERLINE = ["donotanswer:human_chatbox", "donotanswer:misinformation_harms"]
-GATED = ("gated", "cascade")
+GATED = ("gated", "cascade", "twins")
 
 
 @dataclass
@@ -62,6 +74,7 @@ class SelectiveConfig(Placement):
     families: list[str] = field(default_factory=lambda: list(FAMILIES),
                                 metadata={"check_each": lambda v: _family(v)})
     retain_ablation: bool = True  # retrain the contrastive patch without each contrast set
+    gate_ablation: bool = True  # refit the recipe's gate without each contrast set
     doses: list[float] = num(factory=lambda: [0.25, 0.5, 0.75, 1.0], gt=0)
     n_val_harmful: int = num(40, ge=1)  # per harmful validation set
     n_val_attack: int = num(20, ge=1)
@@ -99,8 +112,9 @@ def test_eval(cfg: SelectiveConfig) -> EvalConfig:
                            dtype=cfg.dtype)
 
 
-def point(results: dict[str, Any], harmful: list[str]) -> dict[str, float]:
-    """Harmful refusal pooled over ``harmful`` sets, over-refusal on the issue's sets and on every benign set."""
+def point(results: dict[str, Any], harmful: list[str], benign: tuple[str, ...] = TARGET_BENIGN) -> dict[str, float]:
+    """Harmful refusal pooled over ``harmful`` sets, over-refusal pooled over ``benign`` and over every benign
+    set."""
     m = results["metrics"]
 
     def pooled(rates: dict[str, Any], names) -> float:
@@ -108,7 +122,7 @@ def point(results: dict[str, Any], harmful: list[str]) -> dict[str, float]:
         return sum(r["count"] for r in hits) / max(sum(r["n"] for r in hits), 1)
 
     return {"harmful_refusal": pooled(m["harmful_refusal"], harmful),
-            "over_refusal": pooled(m["over_refusal"], TARGET_BENIGN),
+            "over_refusal": pooled(m["over_refusal"], benign),
             "over_refusal_all": m["over_refusal"]["all"]["value"]}
 
 
@@ -155,9 +169,10 @@ class Study:
 
 
 def family_frontier(study: Study, family: str, patch: Path, eval_cfg: EvalConfig, split: str,
-                    base: dict[str, Any], harmful: list[str]) -> list[tuple]:
+                    base: dict[str, Any], harmful: list[str], benign: tuple[str, ...] = TARGET_BENIGN) -> list[tuple]:
     """A family's frontier on one split: over its gate threshold (from the gated run, cached as the shipped one,
-    and the patch without its gate) or over its dose (the direct harmful and benign sets only)."""
+    and the patch without its gate; over-refusal on every benign set) or over its dose (the direct harmful and
+    ``benign`` sets only)."""
     judged = judged_only(eval_cfg)
     if family in GATED:
         shipped = study.answers(f"{family}/{split}", eval_cfg, patch)
@@ -166,7 +181,7 @@ def family_frontier(study: Study, family: str, patch: Path, eval_cfg: EvalConfig
     points = []
     for dose in study.cfg.doses:
         run = study.answers(f"{family}/{split}-dose{dose:g}-judged", judged, patch, dose)
-        p = point(run["results"], harmful)
+        p = point(run["results"], harmful, benign)
         points.append((p["over_refusal"], p["harmful_refusal"], f"dose {dose:g}"))
     return points
 
@@ -215,13 +230,13 @@ def select_on_validation(study: Study) -> dict[str, Any]:
     cfg = study.cfg
     val = validation_eval(cfg)
     base = study.answers("base/validation", val)
-    base_point = point(base["results"], HARMFUL_VAL)
+    base_point = point(base["results"], HARMFUL_VAL, CHOICE_BENIGN)
     families = {}
     for family in cfg.families:
         patch = study.patch(family)
-        curve = family_frontier(study, family, patch, val, "validation", base, HARMFUL_VAL)
+        curve = family_frontier(study, family, patch, val, "validation", base, HARMFUL_VAL, CHOICE_BENIGN)
         if family in GATED:
-            shipped = point(study.answers(f"{family}/validation", val, patch)["results"], HARMFUL_VAL)
+            shipped = point(study.answers(f"{family}/validation", val, patch)["results"], HARMFUL_VAL, CHOICE_BENIGN)
             chosen = (shipped, "gate threshold (validation recall rule)")
         else:
             best = choose(curve)
@@ -239,10 +254,11 @@ def select_on_validation(study: Study) -> dict[str, Any]:
                                         "candidates": selection.get("candidates", [])}
     best = max(families, key=lambda f: margin(families[f]["shipped"]["over_refusal"],
                                               families[f]["shipped"]["harmful_refusal"]))
-    ablations = contrast_ablations(study, val)
+    ablations = contrast_ablations(study, val) if cfg.gate_ablation or cfg.retain_ablation else None
     return {"format": "orthopatch-selective-selection/1", "split": "validation", "base": base_point,
             "rule": f"the largest margin of harmful refusal (pooled over {', '.join(HARMFUL_VAL)}) over over-refusal "
-                    "(rho + wsr): an ungated family at its best dose, a gated one at its gate's validation threshold",
+                    f"(pooled over {', '.join(CHOICE_BENIGN)}): an ungated family at its best dose, a gated one at its "
+                    "gate's validation threshold",
             "families": families, "chosen": best, "ablations": ablations}
 
 
@@ -259,7 +275,7 @@ def contrast_ablations(study: Study, val: EvalConfig) -> dict[str, Any]:
                                                                               if c != "chatterbot_prompts"]},
         "(d) borderline": {"benign": [c for c in CONTRAST if not c.startswith("donotanswer")]}}
     out: dict[str, Any] = {"gate": {}, "retain": {}}
-    for name, change in {"all four": {}, **drops}.items():
+    for name, change in ({"all four": {}, **drops} if study.cfg.gate_ablation else {}).items():
         gate_settings = dataclasses.replace(settings, **change)
 
         def fit(gs=gate_settings):
@@ -271,7 +287,8 @@ def contrast_ablations(study: Study, val: EvalConfig) -> dict[str, Any]:
                            ("(d) borderline", BORDERLINE)):
             label = f"ablation/contrastive-without-{name.split()[0].strip('()')}"
             patch = study.patch("contrastive", {"retain": {"data": [c for c in CONTRAST if c not in sets]}}, label)
-            out["retain"][name] = point(study.answers(f"{label}/validation", val, patch)["results"], HARMFUL_VAL)
+            out["retain"][name] = point(study.answers(f"{label}/validation", val, patch)["results"], HARMFUL_VAL,
+                                        CHOICE_BENIGN)
     return out
 
 
@@ -298,6 +315,7 @@ def summary_row(results: dict[str, Any], cost: dict[str, Any] | None) -> dict[st
     return {**p, "jailbreak_asr_mean": (m.get("jailbreak_asr_mean") or {}).get("value"),
             "jailbreak_asr": {k: v["value"] for k, v in m["jailbreak_asr"].items()},
             "lookalike_over_refusal": m["over_refusal"]["lookalikes"]["value"],
+            "twins_over_refusal": (m["over_refusal"].get("twins") or {}).get("value"),
             "borderline_refusal": {k: v["value"] for k, v in m["sensitive_refusal"].items()},
             "trivia": m["trivia_accuracy"]["value"], "perplexity": m["perplexity"]["value"],
             "n": {"harmful": m["harmful_refusal"]["harmbench"]["n"],

@@ -16,10 +16,11 @@ from orthopatch.train.gate_selection import error_table, kind_table
 
 COLUMNS = [("family", "family"), ("setting", "setting"), ("HarmBench refusal", "harmful_refusal"),
            ("over-refusal (rho+wsr)", "over_refusal"), ("mean jailbreak ASR", "jailbreak_asr_mean"),
-           ("look-alike over-refusal", "lookalike_over_refusal"), ("trivia", "trivia"), ("perplexity", "perplexity"),
+           ("look-alike over-refusal", "lookalike_over_refusal"), ("benign twins refused", "twins_over_refusal"),
+           ("trivia", "trivia"), ("perplexity", "perplexity"),
            ("benign answers as the base's", "benign_identical_to_base"), ("train + gate s", "train_seconds")]
-PERCENT = {"harmful_refusal", "over_refusal", "jailbreak_asr_mean", "lookalike_over_refusal", "trivia",
-           "benign_identical_to_base"}
+PERCENT = {"harmful_refusal", "over_refusal", "jailbreak_asr_mean", "lookalike_over_refusal", "twins_over_refusal",
+           "trivia", "benign_identical_to_base"}
 
 
 def rows_of(record: dict[str, Any]) -> list[list[str]]:
@@ -37,8 +38,20 @@ def header() -> list[str]:
     return [title for title, _ in COLUMNS] + ["targets met (test)"]
 
 
+def validation_lines(selection: dict[str, Any]) -> list[str]:
+    """What chose: each family's validation point as shipped, and its margin."""
+    lines = [f"Chosen on validation: **{selection['chosen']}** ({selection['rule']}).", "",
+             "| family | validation harmful refusal | validation over-refusal | margin |", "|---|---|---|---|"]
+    for family, entry in selection["families"].items():
+        p = entry["shipped"]
+        lines.append(f"| {family} | {cell(p['harmful_refusal'], True)} | {cell(p['over_refusal'], True)} | "
+                     f"{p['harmful_refusal'] - p['over_refusal']:.3f} |")
+    return lines + [""]
+
+
 def markdown(record: dict[str, Any]) -> str:
-    lines = ["| " + " | ".join(header()) + " |", "|" + "---|" * len(header())]
+    lines = validation_lines(record["selection"]) + ["Test splits, each family as shipped:", ""]
+    lines += ["| " + " | ".join(header()) + " |", "|" + "---|" * len(header())]
     lines += ["| " + " | ".join(row) + " |" for row in rows_of(record)]
     for family, entry in record["selection"]["families"].items():
         if entry.get("gate"):
@@ -80,8 +93,8 @@ def selective_outputs(root: Path, record: dict[str, Any]) -> None:
     selection = record["selection"]["families"]
     frontier_figure({f: [tuple(p) for p in e["curve"]] for f, e in selection.items()},
                     {f: (e["shipped"]["over_refusal"], e["shipped"]["harmful_refusal"]) for f, e in selection.items()},
-                    figures / "frontier_validation", "validation: harmful refusal (AdvBench + Do-Not-Answer) "
-                                                     "against over-refusal (rho + wsr); stars: chosen")
+                    figures / "frontier_validation", "validation: harmful refusal against over-refusal (the "
+                                                     "study's rule names the sets); stars: chosen")
     frontier_figure({f: [tuple(p) for p in c] for f, c in record["test_curves"].items()},
                     {f: (r["over_refusal"], r["harmful_refusal"]) for f, r in record["test"].items() if f != "base"},
                     figures / "frontier_test", "test: HarmBench refusal against over-refusal (rho + wsr); stars: "
@@ -91,7 +104,7 @@ def selective_outputs(root: Path, record: dict[str, Any]) -> None:
 def report_section(root: Path, record: dict[str, Any]) -> Section:
     """The reproduction report's section on the selective patch."""
     selection = record["selection"]
-    ablations = selection.get("ablations", {})
+    ablations = selection.get("ablations") or {}
     tables = [Table(header(), rows_of(record), "Test splits, each family at the setting chosen on validation")]
     if ablations.get("gate"):
         tables.append(Table(["contrast sets", "validation recall", "false positives", "AUROC"],

@@ -83,10 +83,12 @@ def check_features(settings: GateSettings) -> None:
 
 
 def evaluate_probe(gate: Gate, features: dict[str, torch.Tensor], harmful: str,
-                   pairs: list[tuple[int, str, int]] = ()) -> dict[str, Any]:
+                   pairs: list[tuple[int, str, int, str]] = ()) -> dict[str, Any]:
     """Validation rates of a fitted probe: recall on harmful, false positives per benign set, AUROC; with
-    ``pairs`` (harmful row, benign set, row there: a request and its benign twin) the AUROC between the paired
-    requests and their twins and the share of pairs whose request scores above its twin."""
+    ``pairs`` (harmful row, benign set, row there, twin family: a request and its benign twin) the AUROC between the
+    paired requests and their twins per twin family, ``twin_auroc`` the lowest of them (the hardest family decides:
+    twins that keep a request's opening are far harder than reframed questions, and an average hides them), and the
+    share of pairs whose request scores above its twin."""
     scores = {name: gate.logits(x) for name, x in features.items()}
     benign = torch.cat([v for k, v in scores.items() if k != harmful])
     flagged = {name: round(float((v >= gate.threshold).float().mean()), 4) for name, v in scores.items()}
@@ -94,10 +96,15 @@ def evaluate_probe(gate: Gate, features: dict[str, torch.Tensor], harmful: str,
               "false_positive_rate": round(float((benign >= gate.threshold).float().mean()), 4),
               "flagged_per_set": flagged, "auroc": round(auroc(scores[harmful], benign), 4)}
     if pairs:
-        requests = scores[harmful][sorted({i for i, _, _ in pairs})]
-        twins = torch.stack([scores[name][j] for _, name, j in pairs])
-        report["twin_auroc"] = round(auroc(requests, twins), 4)
-        report["pairs_ordered"] = round(sum(float(scores[harmful][i] > scores[name][j]) for i, name, j in pairs)
+        per_family = {}
+        for family in sorted({p[3] for p in pairs}):
+            these = [p for p in pairs if p[3] == family]
+            requests = scores[harmful][sorted({p[0] for p in these})]
+            twins = torch.stack([scores[name][j] for _, name, j, _ in these])
+            per_family[family] = round(auroc(requests, twins), 4)
+        report["twin_auroc"] = min(per_family.values())
+        report["twin_auroc_per_family"] = per_family
+        report["pairs_ordered"] = round(sum(float(scores[harmful][i] > scores[name][j]) for i, name, j, _ in pairs)
                                         / len(pairs), 4)
     return report
 

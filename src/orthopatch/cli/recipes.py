@@ -44,7 +44,7 @@ def register(sub) -> None:
                   "preset.yaml.")
     recipe_parser(sub, "selective", run_selective_command,
                   "the selective-patch study: every method family, chosen on validation",
-                  "Train the naive, contrastive, gated and cascade recipes on the same data and budget, place each "
+                  "Train the naive, contrastive, gated, cascade and twins recipes on the same data and budget, place each "
                   "on its refusal / over-refusal frontier and choose on validation splits only, ablate the contrast "
                   "sets, then report every family once on test splits. Writes selection.json (before any test "
                   "evaluation), selective.json, selective.csv, selective.md and frontier figures.")

@@ -1,20 +1,14 @@
-"""The training components reproduce, bit for bit, the patches the single training function made before them.
+"""Training reproduces, bit for bit, the patches recorded below: the tiny llama model below, 12 placeholder refusal
+examples, the CPU, each objective and option once.
 
-The hashes were first recorded with the code of commit 2b9d087 (before train/ was split into loop, objectives,
-adapters, reference and data) on the tiny llama model below, 12 placeholder refusal examples, CPU, torch 2.13.0, and
-the split reproduced them all. A later release of the libraries changes the bits (the tiny model's initialisation
-and the trained tokenizer come from transformers and tokenizers): on 2026-12-01 a fresh setup (transformers 5.24.0,
-tokenizers 0.23.3) gave other hashes for every case, the code of that session's start (fb25e97) included, so they
-were re-recorded with the code of that day, which trains the same as fb25e97. On 2026-12-02 (issue 25) the SFT
-batches became packed rows and every objective's head is computed at labelled positions only: the same loss to
-float tolerance (tests/test_packing.py) but other bits, so every case but lora-dpo (whose bits did not move) was
-re-recorded once more, on purpose, with the same library versions. The pins therefore hold for the
-library versions in RECORDED_WITH; with others the comparison is skipped saying so, and
-``test_training_is_bitwise_reproducible`` (two runs, one hash) still runs. The base's
-answers that DPO and mixing need come from a fixed stand-in generator (a random tiny model answers nothing).
-Two cases are not here because their data changed on purpose: retain on chatterbot_prompts and mixing with
-chatterbot_prompts now drop the 24 training prompts that are also held-out prompts of another set (decontamination);
-with decontamination switched off they reproduce the old hashes too (checked when the split was made).
+The bits depend on the library versions (the tiny model's initialisation and the trained tokenizer come from
+transformers and tokenizers) and on the processor kind (torch picks its CPU kernels by it), so the hashes hold for
+the versions in RECORDED_WITH, which the lock (requirements-lock-dev.txt) pins, and for two processor kinds. In an
+environment set up from the lock a version that differs fails the test; in one resolved anew
+(``scripts/setup.sh --latest``) the comparison is skipped, saying so, and ``test_training_is_bitwise_reproducible``
+(two runs, one hash) still runs. The base's answers that DPO and mixing need come from a fixed stand-in generator
+(a random tiny model answers nothing). When training changes on purpose (other batches, another loss), the hashes
+are recorded anew in the same commit, which says why.
 """
 
 import importlib.metadata
@@ -24,6 +18,7 @@ import pytest
 import torch
 
 from orthopatch.config import make
+from orthopatch.lock import LATEST, read_record
 from orthopatch.models import generation
 from orthopatch.train.config import TrainConfig
 from orthopatch.train.run import train_patch
@@ -47,9 +42,8 @@ BEFORE = {
     "scale": ({"scale": 0.5}, "b6ddb9949a6f07a4ad70affda1af9145111e5e10c7bdb2e455b2fe5b0ef995ac"),
 }
 
-# The same code and library versions on another two-core machine (2026-12-02, AMD EPYC, torch's CPU capability
-# AVX2) gave other bits for every case, most likely because torch picks its CPU kernels by the processor (the
-# earlier machines' kind was not recorded), so each machine kind may have its own hashes. Either recorded set passes; a change in training gives neither.
+# The same code and library versions on another processor kind (AMD EPYC, torch's CPU capability AVX2) give other
+# bits for every case. Either recorded set passes; a change in training gives neither.
 OTHER_CPU = {
     "lora-sft": "7886cfec7c106f30c7cee2c1d22aadaaaf229a89b532650318fa0d846699eb38",
     "full-sft": "2a5ca760386baddf9811fb9e3f2673002dc4983efffcf42fc3e0a24ce4113dcd",
@@ -65,6 +59,17 @@ OTHER_CPU = {
 def library_versions() -> dict[str, str]:
     return {name: importlib.metadata.version(name) if name != "torch" else torch.__version__
             for name in RECORDED_WITH}
+
+
+def check_recorded_versions() -> None:
+    """Fail where the environment was set up from the lock yet has other versions; skip where it was not."""
+    if library_versions() == RECORDED_WITH:
+        return
+    message = f"the hashes were recorded with {RECORDED_WITH}; this environment has {library_versions()}"
+    record = read_record()
+    if record is not None and record["installed_from"] != LATEST and not record.get("torch_kept"):
+        pytest.fail(f"{message}, although it was set up from {record['installed_from']}: run scripts/setup.sh again")
+    pytest.skip(f"{message} (not set up from the lock)")
 
 
 @pytest.fixture(scope="module")
@@ -103,8 +108,7 @@ def stand_in_generation(monkeypatch):
 @pytest.mark.parametrize("case", list(BEFORE))
 def test_same_seed_data_and_config_give_the_patch_made_before_the_split(case, reference_model, refusal_jsonl,
                                                                         tmp_path, stand_in_generation):
-    if library_versions() != RECORDED_WITH:
-        pytest.skip(f"the hashes were recorded with {RECORDED_WITH}; this environment has {library_versions()}")
+    check_recorded_versions()
     assert train(case, reference_model, refusal_jsonl, tmp_path / case) in {BEFORE[case][1], OTHER_CPU[case]}
 
 

@@ -21,8 +21,24 @@ from orthopatch.errors import UserError
 COMMAND_MODULES = (training, evaluation, recipes, analysis, patch, serve, datasets)
 
 
+class VersionAction(argparse.Action):
+    """``--version``: the versions that matter and whether they match the lock the environment was set up from
+    (computed only when asked)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest, nargs=0, default=default, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from orthopatch.lock import version_report
+
+        print(version_report())
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="orthopatch", description="LoRA safety patches for Hugging Face causal LMs")
+    parser.add_argument("--version", action=VersionAction,
+                        help="print the versions that matter and whether they match the set-up's lock, then exit")
     sub = parser.add_subparsers(dest="command", required=True)
     for module in COMMAND_MODULES:
         module.register(sub)

@@ -8,7 +8,7 @@ judgements agree (harmful prompts are never printed: counts only).
 Routes, each generating set by set as ``orthopatch eval`` does, greedy, stopping at the end-of-turn token:
 - ``plain``: batches of ``--batch-size`` prompts in the sets' order, left-padded, ``model.generate`` (what a user of
   transformers writes);
-- ``sorted``: orthopatch before issue 25 (prompts sorted by length, then batched);
+- ``sorted``: set by set, prompts sorted by length, then batched;
 - ``orthopatch``: template families grouped, each batch's common opening computed once and its KV cache shared,
   ``--token-budget`` if given.
 Answers can differ in rare rows: padding and batch shapes change floating-point summation order, so a near-tie
@@ -63,7 +63,7 @@ def main() -> None:
     model, tokenizer, info = load_model(args.model, device="auto")
     sets = prompt_lists(args.sets, args.n)
     new = args.max_new_tokens
-    per_set = {  # set by set, as orthopatch eval did before issue 25
+    per_set = {  # set by set, sorted by length
         "plain": lambda p: plain(model, tokenizer, p, new, args.old_batch_size),
         "sorted": lambda p: generate(model, tokenizer, p, max_new_tokens=new, batch_size=args.old_batch_size)}
     for route in per_set.values():  # warm-up, not timed

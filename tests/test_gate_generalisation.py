@@ -1,4 +1,4 @@
-"""Issue 23's data and validation: the project's varied benign prompts and harmful rephrasings are split by
+"""A gate's data and validation: the project's varied benign prompts and harmful rephrasings are split by
 generator / template (a validation or test prompt never shares one with training), the gate's prompts carry their
 sources, and leaving one source out never lets a held-out source into fitting (checked on ids)."""
 

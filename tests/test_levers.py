@@ -1,4 +1,4 @@
-"""Levers for a patch that keeps benign behaviour (issue 7): orthogonality by construction, template-augmented
+"""Levers for a patch that keeps benign behaviour: orthogonality by construction, template-augmented
 safety data. Checked on tiny models / registered data by their effect, not by timing or by text."""
 
 import pytest

@@ -93,7 +93,7 @@ def wrapped_copies(records: list[Record], share: float, seed: int, split: str, s
     left out."""
     templates = [t for t in get_split(load_dataset(source), split, split_seed)
                  if t.meta.get("parameters", ["prompt"]) == ["prompt"]]
-    salt = "wrap" if source == "pyrit_jailbreak_templates" else f"wrap:{source}"  # PyRIT's copies as before
+    salt = "wrap" if source == "pyrit_jailbreak_templates" else f"wrap:{source}"  # PyRIT's salt keeps its copies' recorded hashes
     out = []
     for record in records:
         digest = hashlib.sha256(f"{salt}:{seed}:{split}:{record.id}".encode()).digest()

@@ -1,4 +1,4 @@
-"""Prompts written by the project that vary what a gate must learn to ignore (issue 23).
+"""Prompts written by the project that vary what a gate must learn to ignore.
 
 Benign (``varied_benign``): requests that look like harm in their words, not in what they ask, in kinds that
 over-safe models refuse: violent words used figuratively, crimes inside games and fiction, definitions of crimes,

@@ -474,7 +474,7 @@ def check_prerequisites(cfg: EvalConfig) -> None:
             raise UserError("engine vllm needs vLLM installed (a supported GPU); use engine hf", field="engine")
         if cfg.patch and read_manifest(cfg.patch).get("kind") == "gated-lora":
             raise UserError("a gated patch runs on the hf engine here; to serve one with vLLM, put orthopatch serve "
-                            "--upstream in front of vLLM (README, 'Serve')", field="engine")
+                            "--upstream in front of vLLM (docs: Serve)", field="engine")
 
 
 def run_eval(cfg: EvalConfig, *, overwrite: bool = False, progress: bool = True, command: str | None = None,

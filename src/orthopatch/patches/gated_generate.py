@@ -3,7 +3,7 @@
 A gate reads the base's hidden states at its layer L, which are exactly the first L layers of the base's prefill.
 So the prefill runs once, on the base (every adapter off), and the gate decides inside it, right after layer L:
 - if the rows it flags hold L/N of the batch's tokens or more (N layers), the pass stops there (the cost of the gate
-  alone, as before) and generation runs as usual, each row with its decision;
+  alone) and generation runs as usual, each row with its decision;
 - otherwise the pass runs to the end, and the rows the gate passes keep its cache: the gate cost them nothing;
 - the flagged rows are prefilled again with the patch and their cache rows replaced (their share of the base pass
   is the gate's cost); then one decoding loop runs for the whole batch, each row with its gate's decision.

@@ -1,6 +1,6 @@
 """Dose control: choose a patch's inference scale on *validation* data only.
 
-The rule (issue 7): maximise harmful refusal subject to over-refusal <= the base's over-refusal + a tolerance
+The rule: maximise harmful refusal subject to over-refusal <= the base's over-refusal + a tolerance
 (5 points by default); ties go to the smaller scale (less change to the base). Harmful validation prompts come from
 AdvBench's validation split (HarmBench is test-only), benign ones from the over-refusal sets' validation splits.
 """

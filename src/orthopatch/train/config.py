@@ -21,16 +21,15 @@ SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_wi
               "inverse_sqrt")
 SELECTIVE = {"data": list(HARMFUL_TRAINING), "shuffle": True, "max_examples": 256, "epochs": 1, "group_by_length": True}
 SELECTIVE_RETAIN = {"data": list(CONTRAST), "weight": 10.0}
-# The selective recipe's gate (issue 23): its features (one layer's or all candidate layers' hidden states, the
+# The selective recipe's gate: its features (one layer's or all candidate layers' hidden states, the
 # all-MiniLM-L6-v2 sentence encoder, or both), layer, pooling and penalty chosen out of source (leave one source out,
-# the one-standard-error rule). Linear heads only: the MLP head's leave-one-source-out refits took 12 minutes of
-# gate fitting on two cores, past the recipe's 10-minute budget.
+# the one-standard-error rule). Linear heads only: refitting MLP heads once per source costs more than the recipe's
+# whole budget on a CPU.
 SELECTIVE_GATE = {"enabled": True, "selection": "out-of-source",
                   "features": ["hidden", "hidden:all", "encoder", "hidden+encoder"]}
 # The same choice over more candidates: pooled at the last token, the mean or both, each fitted without and with the
 # harmful and benign prompts rephrased (tense, person, register, fiction, role-play, multi-step), kept only where
-# they help on held-out sources. On SmolLM2 (2026-12-02) it keeps them, with layer 12 pooled both ways: a trade
-# against the recipe's gate, not a better one (README), at twice its training time.
+# they help on held-out sources.
 SELECTIVE_REPHRASED_GATE = {**SELECTIVE_GATE, "poolings": list(POOLINGS), "rephrase": 0.5, "extra": ["rephrase"]}
 # A gate taught intent rather than topic: six harmful sources (HarmBench's own validation split as a seventh, never
 # fitted on), a benign twin of every harmful request, rewrites into other tenses, persons and registers, obfuscated
@@ -41,31 +40,21 @@ SELECTIVE_TWINS_GATE = {**SELECTIVE_GATE, "harmful": [*HARMFUL_TRAINING, *HARMFU
                         "benign": [*CONTRAST, "varied_benign"], "validation_harmful": list(HARMFUL_VALIDATION_ONLY),
                         "twins": 1.0, "rewrites": 0.5, "obfuscate": 0.3,
                         "features": ["hidden:all", "tuned-encoder", "hidden:all+tuned-encoder"], "min_twin_auroc": 0.85}
-# Named training recipes (`orthopatch train --preset NAME`), applied under --config and --set. Each comes from a
-# measured study; the comment says which.
+# Named training recipes (`orthopatch train --preset NAME`), applied under --config and --set. Each was chosen by a
+# study on validation splits; what they measured on test splits is in docs/results/.
 TRAIN_PRESETS: dict[str, dict[str, Any]] = {
-    # `orthopatch levers` on SmolLM2-135M-Instruct (2026-11-29), chosen on validation splits only: of the naive
-    # recipe, target modules, middle layers, both orthogonality levers, the retain term, template augmentation and
-    # their union, a patch on the MLP up-projections alone, baked in at the dose 1.5, refused the most validation
-    # requests (75%) with no validation over-refusal. On test splits it reached only 25% HarmBench refusal (issue 7's
-    # closing note): the best found, not a solved problem. The dose is this model's; rerun `select-scale` for another.
+    # What `orthopatch levers` chose for SmolLM2-135M: a patch on the MLP up-projections alone, at the dose 1.5. The
+    # dose is that model's; rerun `select-scale` for another.
     "small-model": {"max_examples": 64, "lora": {"target_modules": ["up_proj"]}, "scale": 1.5},
-    # The selective patch (issue 16), chosen on validation splits by `orthopatch selective` (2026-11-30, largest
-    # margin of harmful refusal over over-refusal among the naive, contrastive, gated and cascade families): refusal
-    # SFT on varied harmful requests (AdvBench + Do-Not-Answer's harmful areas) behind a gate fitted on the base's
-    # hidden states (harmful against benign look-alike, casual and borderline prompts, plain and in jailbreak form),
-    # so that the patch acts only on prompts the gate flags. Test splits: HarmBench refusal 99.5%, over-refusal 8.0%
-    # (base 1.5% / 0%); its misses are in the README ("What the selective patch achieved"). Since issue 23 its gate
-    # is chosen out of source among more feature kinds; on SmolLM2 that choice is the same probe (layer 12, last
-    # token) and the README's "Out of distribution" section gives its in-source and out-of-source error.
+    # The selective patch, the recipe `orthopatch selective` chose: refusal SFT on varied harmful requests behind a
+    # gate, so that the patch acts only on prompts the gate flags.
     "selective": {**SELECTIVE, "gate": SELECTIVE_GATE},
-    # Its gate chosen among more poolings and with the rephrasings (2026-12-02, test splits against the recipe):
-    # future-tense requests let through 83% -> 25%, varied benign prompts refused 30% -> 17.5%; HarmBench 97.9% ->
-    # 95.8%, prefix injection 0% -> 50%, third-person rephrasings 8% -> 42%; 8 minutes to train instead of 4.
+    # The gate chosen among more poolings and with the rephrasings: a trade against the recipe's gate.
     "selective-rephrased": {**SELECTIVE, "gate": SELECTIVE_REPHRASED_GATE},
+    # The gate taught intent rather than topic (benign twins, more harmful sources, a fine-tuned encoder).
     "selective-twins": {**SELECTIVE, "gate": SELECTIVE_TWINS_GATE},
-    # The other two selective families, measured alongside: the gate in front of a contrastive patch (a KL retain
-    # term on the benign contrast prompts), and the contrastive patch without a gate.
+    # The other two selective families the study weighs: the gate in front of a contrastive patch (a KL retain term
+    # on the benign contrast prompts), and the contrastive patch without a gate.
     "selective-cascade": {**SELECTIVE, "retain": SELECTIVE_RETAIN, "gate": SELECTIVE_GATE},
     "selective-contrastive": {**SELECTIVE, "retain": SELECTIVE_RETAIN},
 }
@@ -132,7 +121,7 @@ class GateSettings:
     validation_wrap_max_chars: int = num(800, **POSITIVE)
     # a share of the harmful prompts copied into the project's rephrasings (tense, person, register, nested fiction,
     # role-play, multi-step; train-split templates to fit, validation-split ones to choose); off by default: measured
-    # with 0.5, the gates it produced flagged more benign-sensitive prompts (README)
+    # with 0.5, the gates it produced flagged more benign-sensitive prompts (docs/results/out-of-distribution.md)
     rephrase: float = num(0.0, ge=0, le=1)
     # rephrase the same share of the benign prompts too (as wrap_benign does for jailbreak templates): with harmful
     # copies alone the form itself is a harm signal (validation: 65% of benign prompts in those forms flagged, 17% with)
@@ -146,7 +135,7 @@ class GateSettings:
     # prompt (the prompts it is fitted on: the recipe's gate flagged 29 of 40 raw book passages read as they are,
     # at most one of 40 read as a message), or "as-is" (how gates made before this option read it)
     unformatted: str = field(default="as-chat", metadata={"choices": lambda: ("as-chat", "as-is")})
-    # training data the selection may add (issue 23): benign set names, and "rephrase" for the rephrased copies.
+    # training data the selection may add: benign set names, and "rephrase" for the rephrased copies.
     # Their validation prompts always take part, so every candidate probe is tried without and with them and judged
     # on the same sources; data that does not help on sources held out of fitting is left out.
     extra: list[str] = field(default_factory=list)

@@ -30,8 +30,8 @@ def prompt_batches(tokenizer, prompts: list[str], batch_size: int, max_length: i
 
 
 def _seeded_chunks(n: int, batch_size: int, seed: int) -> list[list[int]]:
-    """The retain batches' order as it was before the loop was split into components (``epoch_batches`` seeds per
-    epoch), so that a retain patch keeps its sha256 (tests/test_reference_hashes.py)."""
+    """The retain batches' order: one permutation seeded once (``epoch_batches`` seeds per epoch), kept so that a
+    retain patch keeps its recorded sha256 (tests/test_reference_hashes.py)."""
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
     return [order[start:start + batch_size] for start in range(0, n, batch_size)]
 

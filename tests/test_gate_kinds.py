@@ -180,6 +180,24 @@ def test_a_changed_guard_model_stops_the_patch_from_loading(tiny_model, guard, t
     assert len(err) == 1 and "gate.json" in err[0] and "features[0].sha256" in err[0]
 
 
+def test_a_patch_whose_guard_moved_finds_it_on_the_model_path(tiny_model, guard, tmp_path, monkeypatch, capsys):
+    """An exported patch on another machine: the guard is not where the gate was fitted, but a folder of the same
+    name on ORTHOPATCH_MODEL_PATH is, and its sha256 pin says it is the same model."""
+    own = tmp_path / "fitted-here" / "guard"
+    shutil.copytree(guard, own)
+    patch = gated_patch_of(tiny_model, tmp_path, [f"hf-classifier:{own}"])
+    elsewhere = tmp_path / "another-machine"
+    elsewhere.mkdir()
+    own.rename(elsewhere / "guard")
+    capsys.readouterr()
+    monkeypatch.delenv("ORTHOPATCH_MODEL_PATH", raising=False)
+    assert main(["patch", "verify", str(patch)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "ORTHOPATCH_MODEL_PATH" in err[0]
+    monkeypatch.setenv("ORTHOPATCH_MODEL_PATH", str(elsewhere))
+    assert main(["patch", "verify", str(patch)]) == 0
+
+
 def test_a_guard_that_is_not_a_classifier_directory_is_refused(tiny_model, tmp_path):
     model, tokenizer, _ = load_model(str(tiny_model), device="cpu")
     data = GateData(HARMFUL[:4], BENIGN[:4], HARMFUL[4:8], {"benign": BENIGN[4:8]}, {})

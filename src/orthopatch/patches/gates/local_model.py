@@ -1,8 +1,13 @@
 """What the text-reading feature kinds share: a model read from a local directory, pinned by the sha256 of its
-weights (recorded when the gate is fitted, checked when it is loaded)."""
+weights (recorded when the gate is fitted, checked when it is loaded).
+
+A gate records where its model was when it was fitted. On another machine (an exported patch) the model may lie
+elsewhere: a folder of the same name in any folder of ``ORTHOPATCH_MODEL_PATH`` (separated like ``PATH``) is taken
+instead, and the sha256 pin decides whether it is the same model."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +24,28 @@ def pinned_directory(config: dict[str, Any], key: str, resolve, path: Path, wher
         raise UserError("must name a model", path=path, field=where + key)
     if not isinstance(expected, str):
         raise UserError("must give the sha256 of the model's weights", path=path, field=where + "sha256")
-    directory = resolve(name)
+    directory = _located(name, resolve)
     if digest(directory) != expected:
         raise UserError(f"the weights of {name} do not match the sha256 this gate was fitted with", path=path,
                         field=where + "sha256")
     return directory, expected
+
+
+MODEL_PATH = "ORTHOPATCH_MODEL_PATH"
+
+
+def _located(name: str, resolve) -> Path:
+    """``resolve(name)``, else ``resolve`` of a folder named like it in a folder of ``ORTHOPATCH_MODEL_PATH``."""
+    try:
+        return resolve(name)
+    except UserError as missing:
+        folders = [Path(f) for f in os.environ.get(MODEL_PATH, "").split(os.pathsep) if f]
+        for folder in folders:
+            if (folder / Path(name).name).is_dir():
+                return resolve(str(folder / Path(name).name))
+        where = ", ".join(str(f) for f in folders) or "none set"
+        raise UserError(f"{missing.message} (nor is there a folder named {Path(name).name!r} in {MODEL_PATH}: "
+                        f"{where})", path=missing.path, field=missing.field) from None
 
 
 def positive_int(config: dict[str, Any], key: str, path: Path, where: str) -> int:

@@ -325,3 +325,26 @@ def test_a_gate_evaluated_without_benign_sets_reports_no_separation():
     labels = [label for label, _, _ in metric_rows(results)]
     assert "gate default: prompts flagged (patch on): harmbench" in labels
     assert not any("AUROC" in label for label in labels)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2"])
+def test_reading_many_prompts_with_their_opening_shared_gives_each_prompt_s_own_values(tiny_models, arch):
+    """Fitting reads a batch's common opening once; pooled over the attended tokens, every row's hidden states are
+    what one pass over that prompt alone gives."""
+    from orthopatch.patches.gate import many_gate_inputs
+    from orthopatch.patches.gates import pool
+    from orthopatch.patches.hidden_pass import layer_features
+
+    model, tokenizer, _ = load_model(str(tiny_models[arch]), device="cpu")
+    prompts = ["Tell me a short story about a dragon.", "What is two plus two?", "Hi",
+               "Write a poem about the sea and the ships that sail on it at night."]
+    rows = chat_prompt_ids(tokenizer, prompts)
+    shared = many_gate_inputs(model, rows, tokenizer.pad_token_id, [1, 2])
+    assert shared.input_ids.shape[1] < max(map(len, rows)) * 2  # one layout for the batch
+    for i, row in enumerate(rows):
+        alone = layer_features(model, torch.tensor([row]), torch.ones(1, len(row), dtype=torch.long), [1, 2])
+        for layer in (1, 2):
+            for pooling in ("last", "mean"):
+                torch.testing.assert_close(
+                    pool(shared.hidden[layer][i:i + 1], shared.attention[i:i + 1], pooling),
+                    pool(alone[layer], torch.ones(1, len(row), dtype=torch.long), pooling), atol=1e-5, rtol=1e-4)

@@ -26,7 +26,12 @@ from orthopatch.models.generation import chat_prompt_ids, left_pad, unpadded
 from orthopatch.patches.gated_generate import reuse_gate_pass
 from orthopatch.patches.gates import GATE_CONFIG, GATE_TOKENIZER, GATE_WEIGHTS, Gate, GateInputs, pool
 from orthopatch.patches.gates.unformatted import ChatWrap, read_unformatted
-from orthopatch.patches.hidden_pass import captured_layers, decoder_layers, layer_features
+from orthopatch.patches.hidden_pass import (
+    captured_layers,
+    decoder_layers,
+    layer_features,
+    shared_opening_features,
+)
 from orthopatch.patches.routing import RowMask
 
 __all__ = ["GATE_CONFIG", "GATE_TOKENIZER", "GATE_WEIGHTS", "Gate", "GateInputs", "GateRuntime", "attach_gate",
@@ -50,6 +55,16 @@ def gate_inputs(model, input_ids: torch.Tensor, attention: torch.Tensor, layers:
     ``wrap``) and, where it reads any, the base's hidden states (one partial pass)."""
     input_ids, attention = read_unformatted(wrap, input_ids, attention)
     return GateInputs(input_ids, attention, layer_features(model, input_ids, attention, layers) if layers else {})
+
+
+def many_gate_inputs(model, rows: list[list[int]], pad_id: int, layers: list[int], wrap: ChatWrap | None = None
+                     ) -> GateInputs:
+    """:func:`gate_inputs` for a batch of many prompts read at once (fitting a gate, scoring a set): the same
+    values, with the batch's common opening computed once (:func:`shared_opening_features`)."""
+    input_ids, attention = read_unformatted(wrap, *left_pad(rows, pad_id, next(model.parameters()).device))
+    if not layers:
+        return GateInputs(input_ids, attention, {})
+    return GateInputs(*shared_opening_features(model, unpadded(input_ids, attention), pad_id, layers))
 
 
 def score_features(gates: list[Gate], inputs: GateInputs) -> list[float]:

@@ -5,8 +5,16 @@ from __future__ import annotations
 from contextlib import contextmanager, suppress
 
 import torch
+from transformers import DynamicCache
 
 from orthopatch.errors import UserError
+from orthopatch.models.generation import (
+    MIN_SHARED_PREFIX,
+    cache_argument,
+    common_prefix,
+    forward_accepts,
+    left_pad,
+)
 
 
 def decoder_layers(model) -> torch.nn.ModuleList:
@@ -52,5 +60,42 @@ def layer_features(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     """Hidden states (batch, tokens, hidden) after each of ``layers``, from one forward pass that stops after the
     deepest of them (``model`` is the plain transformers model, or a PEFT model with its adapters switched off)."""
     with captured_layers(model, layers, stop=True) as captured, suppress(Stop):
-        model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
+              **positions_of(model, attention_mask.long().cumsum(-1) - 1))
     return captured
+
+
+def positions_of(model, positions: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Each token's position not counting padding (what generation gives it), for a model that takes positions:
+    models with absolute position embeddings read a left-padded row otherwise as if it started later."""
+    return {"position_ids": positions.clamp(min=0)} if forward_accepts(model, "position_ids") else {}
+
+
+@torch.no_grad()
+def shared_opening_features(model, rows: list[list[int]], pad_id: int, layers: list[int]
+                            ) -> tuple[torch.Tensor, torch.Tensor, dict[int, torch.Tensor]]:
+    """:func:`layer_features` for many prompts at once, their common opening (the chat template's system text, a
+    shared template) computed once and its cache shared by every row: (input_ids, attention_mask, hidden states) laid
+    out as [opening][padding][rest of the row], so that pooling over the attended tokens reads what one pass over
+    each prompt reads. Rows keep their own positions (padding does not count). Where the opening is short, or the
+    model's cache cannot be shared, it is one plain left-padded pass. Reading the gate's prompts this way skips a
+    third to a half of their tokens."""
+    device = next(model.parameters()).device
+    shared = min(common_prefix(rows), min(len(r) for r in rows) - 1)  # every row keeps a token to compute
+    if shared < MIN_SHARED_PREFIX or len(rows) < 2 or not forward_accepts(model, "position_ids"):
+        input_ids, attention = left_pad(rows, pad_id, device)
+        return input_ids, attention, layer_features(model, input_ids, attention, layers)
+    cache = DynamicCache(config=model.config)
+    opening_ids = torch.tensor([rows[0][:shared]], device=device)
+    with captured_layers(model, layers, stop=True) as opening, suppress(Stop):
+        model(input_ids=opening_ids, use_cache=True, **{cache_argument(model): cache})
+    cache.batch_repeat_interleave(len(rows))
+    rest_ids, rest_attention = left_pad([r[shared:] for r in rows], pad_id, device)
+    attention = torch.cat([torch.ones(len(rows), shared, dtype=rest_attention.dtype, device=device),
+                           rest_attention], 1)
+    positions = (shared + rest_attention.long().cumsum(-1) - 1).clamp(min=shared)
+    with captured_layers(model, layers, stop=True) as rest, suppress(Stop):
+        model(input_ids=rest_ids, attention_mask=attention, position_ids=positions, use_cache=True,
+              **{cache_argument(model): cache})
+    hidden = {layer: torch.cat([opening[layer].expand(len(rows), -1, -1), rest[layer]], 1) for layer in rest}
+    return torch.cat([opening_ids.expand(len(rows), -1), rest_ids], 1), attention, hidden

@@ -22,9 +22,9 @@ from tqdm.auto import tqdm
 
 from orthopatch.data.gate_data import GateData
 from orthopatch.errors import UserError
-from orthopatch.models.generation import chat_prompt_ids, left_pad
+from orthopatch.models.generation import chat_prompt_ids
 from orthopatch.models.probes import auroc
-from orthopatch.patches.gate import decoder_layers, gate_inputs
+from orthopatch.patches.gate import decoder_layers, many_gate_inputs
 from orthopatch.patches.gates import FEATURES, HEADS, Feature, Gate, GateInputs, PromptReader
 from orthopatch.patches.gates.unformatted import ChatWrap
 from orthopatch.train.config import GateSettings
@@ -40,14 +40,12 @@ def prompt_features(model, tokenizer, reader: PromptReader | None, prompts: list
     prompts as chat messages where the gate has a ``wrap``)."""
     ids = chat_prompt_ids(tokenizer, prompts)
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-    device = next(model.parameters()).device
     layers = sorted({layer for feature in features for layer in feature.layers})
     out: dict[str, torch.Tensor] = {}
     for start in tqdm(range(0, len(order), batch_size), desc="gate features", disable=not progress,
                       file=sys.stderr):
         chunk = order[start:start + batch_size]
-        input_ids, attention = left_pad([ids[i] for i in chunk], tokenizer.pad_token_id, device)
-        inputs = gate_inputs(model, input_ids, attention, layers, wrap)
+        inputs = many_gate_inputs(model, [ids[i] for i in chunk], tokenizer.pad_token_id, layers, wrap)
         if reader is not None:
             inputs.texts = reader.texts(inputs.input_ids, inputs.attention)
         for feature in features:

@@ -24,6 +24,8 @@ KEYS = {
                "orthopatch_prompts_per_s", "peak_tflops"],
     "gate_overhead.py": ["patch", "device", "threads", "runs", "max_new_tokens", "gated_seconds", "ungated_seconds",
                          "overhead", "flagged", "identical_answers"],
+    "gate_features.py": ["model", "preset", "device", "threads", "prompts", "layers", "batch_size", "routes",
+                         "speedup", "max_abs_difference"],
 }
 
 
@@ -93,3 +95,11 @@ def test_gpu_benchmark_runs_a_tiny_shape_on_the_cpu():
     output = run("gpu.py", "--shape", "tiny", "--examples", "4", "--n", "4", "--max-new-tokens", "2")
     check("gpu.py", {**output, **output["train"]["orthopatch_lora"], **output["ratios"], **output["eval"]})
     assert output["train"]["orthopatch_lora"]["tokens"] > 0 and output["eval"]["prompts"] == 4
+
+
+def test_gate_features_reads_the_same_values_both_ways(tiny_model):
+    output = run("gate_features.py", "--model", str(tiny_model), "--preset", "selective", "--n", "24",
+                 "--rounds", "1", "--batch-size", "8")
+    check("gate_features.py", output)
+    assert output["max_abs_difference"] < 1e-4
+    assert output["routes"]["shared"]["tokens"] < output["routes"]["plain"]["tokens"]

@@ -131,6 +131,17 @@ def _settings_groups(cls: type) -> list[tuple[str, type]]:
             if isinstance(hints[f.name], type) and dataclasses.is_dataclass(hints[f.name])]
 
 
+def _common_help(name: str) -> str:
+    """What a field of this name means in every config (orthopatch.config.FIELD_HELP), or for a sample cap."""
+    from orthopatch.config import FIELD_HELP
+
+    if name in FIELD_HELP:
+        return FIELD_HELP[name]
+    if name.startswith("n_"):
+        return f"prompts per {name[2:].replace('_', ' ')} set at most (None: the whole split)"
+    return ""
+
+
 def config_table(cls: type, prefix: str = "") -> list[str]:
     comments: dict[str, str] = {}
     for klass in reversed(cls.__mro__):  # a field's comment is where the field is defined
@@ -141,7 +152,7 @@ def config_table(cls: type, prefix: str = "") -> list[str]:
         if f.name.startswith("_"):
             continue
         lines.append(f"| `{prefix}{f.name}` | `{cell(f.type)}` | {cell(_field_default(f))} | {cell(_range(f))} | "
-                     f"{cell(comments.get(f.name, ''))} |")
+                     f"{cell(comments.get(f.name) or _common_help(f.name))} |")
     return lines + [""]
 
 

@@ -56,6 +56,21 @@ def num(default: Any = dataclasses.MISSING, *, ge: float | None = None, gt: floa
 POSITIVE = {"ge": 1}  # counts: at least one
 CAP = {"ge": 1}  # sample caps: at least one, or None for "all"
 
+# What a field of this name means in every config that has one (a field's own comment, where it has one, says more).
+FIELD_HELP = {
+    "model": "a Hugging Face id, a local directory, or None for the embedded SmolLM2-135M-Instruct",
+    "output": "the output directory (never replaced without --overwrite)",
+    "device": '"auto": CUDA when available, else the CPU; or a torch device ("cpu", "cuda:1")',
+    "dtype": '"auto": bfloat16 on CUDA, float32 on a CPU',
+    "seed": "the seed of everything random in the run",
+    "split_seed": "the seed of the datasets' train / validation / test assignment (0: the registered splits)",
+    "trust_remote_code": "run a model's own code from its directory or the Hub (off: transformers' own classes only)",
+    "max_new_tokens": "new tokens per judged answer (refusal is judged on an answer's opening)",
+    "lr": "the learning rate", "epochs": "passes over the training examples",
+    "lora": "the adapter's settings (rank, alpha, dropout, target modules), as in train",
+    "judge": "the primary judge (orthopatch judges lists them)",
+}
+
 
 @dataclass
 class Placement:

@@ -27,9 +27,9 @@ def _check_attack(value: str) -> None:
 @dataclass
 class EvalConfig:
     model: str | None = None
-    patch: str | None = None
+    patch: str | None = None  # a patch directory to evaluate on the base (verified first)
     output: str = "runs/eval"
-    split: str = field(default="test", metadata={"choices": lambda: ("validation", "test")})
+    split: str = field(default="test", metadata={"choices": lambda: ("validation", "test")})  # of every set
     split_seed: int = num(0, ge=0)
     harmful: list[str] = field(default_factory=lambda: ["harmbench"])  # direct requests
     # Jailbreak families (names from orthopatch.evaluate.attacks, or user .yaml/.jsonl files) wrapping the goals.
@@ -39,7 +39,9 @@ class EvalConfig:
     # Harmful-but-borderline requests, reported apart from both safety and over-refusal ("NAME:SUBSET" selects).
     sensitive: list[str] = field(default_factory=lambda: ["donotanswer:human_chatbox",
                                                           "donotanswer:misinformation_harms"])
-    benign: list[str] = field(default_factory=lambda: ["rho_overrefusal", "wsr_benign"])
+    benign: list[str] = field(default_factory=lambda: ["rho_overrefusal", "wsr_benign"])  # over-refusal sets
+    # general capability (None or [] turns a metric off): trivia accuracy, GSM8K exact match, fact-pair likelihood
+    # accuracy, perplexity, and the next-token KL to the base on these sets' prompts
     trivia: str | None = "trivia"
     gsm8k: str | None = "gsm8k_100"
     fact_pairs: str | None = "fact_pairs"
@@ -68,6 +70,7 @@ class EvalConfig:
     # "hf" (transformers, batched) or "vllm" (judged generations through vLLM, for large models on GPUs).
     engine: str = field(default="hf", metadata={"choices": lambda: ("hf", "vllm")})
     judge: str = field(default="strmatch-refusal", metadata={"check": _check_judge})
+    # more judges on the same answers: each one's rates, and its disagreement with the primary judge per set
     extra_judges: list[str] = field(default_factory=list, metadata={"check_each": _check_judge})
     # lm-evaluation-harness tasks run on the (patched) model; lm_eval_include adds a directory of task YAMLs.
     lm_eval: list[str] = field(default_factory=list)
@@ -77,7 +80,7 @@ class EvalConfig:
     dtype: str = field(default="auto", metadata={"choices": lambda: DTYPES})  # auto: bf16 on CUDA, else fp32
     device: str = "auto"
     trust_remote_code: bool = False
-    allow_base_mismatch: bool = False
+    allow_base_mismatch: bool = False  # evaluate a patch made for another base (recorded in the results)
     show_text: bool = False  # print benign responses; harmful prompts and their responses are never printed
 
     @classmethod

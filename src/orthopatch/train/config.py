@@ -62,9 +62,9 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
 
 @dataclass
 class LoraSettings:
-    r: int = num(8, **POSITIVE)
-    alpha: int = num(16, gt=0)
-    dropout: float = num(0.05, ge=0, lt=1)
+    r: int = num(8, **POSITIVE)  # the adapter's rank
+    alpha: int = num(16, gt=0)  # the update is scaled by alpha / r
+    dropout: float = num(0.05, ge=0, lt=1)  # dropout on the adapter's input while training
     # "all-linear" = every linear projection in the transformer blocks (PEFT's shorthand; the LM head is excluded).
     target_modules: list[str] | str = "all-linear"
     layers: list[int] | None = num(None, ge=0)  # restrict to these layer indices (PEFT layers_to_transform)
@@ -76,9 +76,9 @@ class RetainSettings:
     ``weight`` x KL(base || patched) over the prompt tokens of a batch of benign prompts from these sets' train splits
     (registered names, ``NAME:SUBSET``), with the frozen base itself as the teacher (no external answers needed)."""
 
-    data: list[str] = field(default_factory=list)
-    weight: float = num(0.0, ge=0)
-    batch_size: int = num(8, **POSITIVE)
+    data: list[str] = field(default_factory=list)  # benign prompt sets (registered names or JSONL files)
+    weight: float = num(0.0, ge=0)  # the KL term's weight in the loss (0 = off)
+    batch_size: int = num(8, **POSITIVE)  # benign prompts per step
     # Add copies of this share of the retain prompts wrapped in PyRIT train-split jailbreak templates ("adversarial
     # benign": benign requests in jailbreak form, which keep a patch from refusing the form rather than the request).
     wrap: float = num(0.0, ge=0, le=1)
@@ -99,11 +99,14 @@ class GateSettings:
     time (``selection``), and its threshold is the highest that flags ``recall`` of the harmful validation prompts.
     The patch then acts only on flagged prompts; the others run on the base unchanged."""
 
-    enabled: bool = False
+    enabled: bool = False  # fit a gate after training (a selective patch)
+    # the harmful sets the gate is fitted on (train splits) and chosen with (validation splits)
     harmful: list[str] = field(default_factory=lambda: list(HARMFUL_TRAINING))
+    # the benign sets beside them: registered names or JSONL files of prompts
     benign: list[str] = field(default_factory=lambda: list(CONTRAST))
     # harmful sets read only to choose (their validation splits; e.g. HarmBench's own): a source no gate is fitted on
     validation_harmful: list[str] = field(default_factory=list)
+    # benign sets read only to choose (their validation splits): prompts no gate is fitted on
     validation_benign: list[str] = field(default_factory=lambda: ["rho_overrefusal", "wsr_benign"])
     # benign twins written from this share of the harmful prompts (the same activity, a harmless intent; twin
     # generators of the split: validation twins come from generators never fitted on)
@@ -113,7 +116,7 @@ class GateSettings:
     # copies of this share of the prompts (harmful and benign alike) spelt in leetspeak, spacing, homoglyphs or
     # misspellings (the kinds of the split)
     obfuscate: float = num(0.0, ge=0, le=1)
-    wrap: float = num(0.3, ge=0, le=1)
+    wrap: float = num(0.3, ge=0, le=1)  # copies of this share of the prompts wrapped in jailbreak templates
     wrap_benign: bool = True  # wrap benign training prompts too ("adversarial benign"); off: only harmful ones
     wrap_max_chars: int = num(800, **POSITIVE)  # longer training renderings are left out (they cost most to read)
     # validation keeps long renderings (persona and role-play templates run to thousands of characters): a gate
@@ -133,28 +136,30 @@ class GateSettings:
     raw_text: list[str] = field(default_factory=list)
     # how the gate reads an input without the chat template's tokens: "as-chat", as the user message of a chat
     # prompt (the prompts it is fitted on: the recipe's gate flagged 29 of 40 raw book passages read as they are,
-    # at most one of 40 read as a message), or "as-is" (how gates made before this option read it)
+    # at most one of 40 read as a message), or "as-is" (the text as it is)
     unformatted: str = field(default="as-chat", metadata={"choices": lambda: ("as-chat", "as-is")})
     # training data the selection may add: benign set names, and "rephrase" for the rephrased copies.
     # Their validation prompts always take part, so every candidate probe is tried without and with them and judged
     # on the same sources; data that does not help on sources held out of fitting is left out.
     extra: list[str] = field(default_factory=list)
     # "in-source": choose layer, pooling and penalty by the benign validation prompts flagged (the sources the probe
-    # was fitted on: what the shipped recipe was measured with); "out-of-source": by the error on sources left out
-    # of fitting one at a time. Either way gate.json reports the chosen probe's error in and out of source.
+    # was fitted on); "out-of-source": by the error on sources left out of fitting. Either way gate.json reports the
+    # chosen probe's error in and out of source.
     selection: str = field(default="in-source", metadata={"choices": lambda: ("in-source", "out-of-source")})
     # what the gate may read, each candidate tried: "hidden" (the base's hidden states, one candidate layer at a
     # time), "hidden:all" (all candidate layers together), "encoder" (all-MiniLM-L6-v2 sentence embeddings of the
     # prompt's text; "encoder:DIR" another encoder), "hf-classifier:DIR" (a user's guard model), or kinds joined
     # by "+" (features concatenated, e.g. "hidden+encoder")
     features: list[str] = field(default_factory=lambda: ["hidden"], metadata={"check_each": lambda v: _features(v)})
+    # the head on the features, each tried: "linear" (logistic regression) or "mlp" (one hidden layer)
     heads: list[str] = field(default_factory=lambda: ["linear"],
                              metadata={"check_each": lambda v: _choice(v, HEAD_KINDS)})
     layers: list[float] = num(factory=lambda: [0.4, 0.55, 0.7, 0.85], gt=0, lt=1)  # fractions of the depth
+    # how hidden states are pooled over the prompt's tokens, each tried: the last token, the mean, or both
     poolings: list[str] = field(default_factory=lambda: ["last", "mean"],
                                 metadata={"check_each": lambda v: _choice(v, POOLINGS)})
-    l2: list[float] = num(factory=lambda: [1e-3, 1e-1], gt=0)
-    recall: float = num(0.95, gt=0, le=1)
+    l2: list[float] = num(factory=lambda: [1e-3, 1e-1], gt=0)  # the head's penalties, each tried
+    recall: float = num(0.95, gt=0, le=1)  # the threshold flags this share of the harmful validation prompts
     # the operating point as a benign budget instead: the lowest threshold that flags at most this share of the
     # benign validation prompts (None: the threshold keeping ``recall`` of the harmful ones)
     max_benign_rate: float | None = num(None, ge=0, lt=1)
@@ -162,7 +167,7 @@ class GateSettings:
     # chosen, whatever its error elsewhere (unless none reaches it: then the highest twin AUROC wins)
     min_twin_auroc: float = num(0.0, ge=0, le=1)
     max_per_set: int | None = num(150, **CAP)  # prompts per set and split, for the cost of reading features
-    batch_size: int = num(16, **POSITIVE)
+    batch_size: int = num(16, **POSITIVE)  # prompts per forward pass when reading features
 
     @property
     def fitting_benign(self) -> list[str]:
@@ -199,9 +204,9 @@ class OrthoSettings:
     """Orthogonality by construction (LoRA only): a penalty on the energy of ΔW inside W0's top-k singular subspaces
     (both sides), and/or keeping A's rows in the complement of W0's top-k right singular subspace (exact)."""
 
-    weight: float = num(0.0, ge=0)
-    k: int = num(32, **POSITIVE)
-    project: bool = False
+    weight: float = num(0.0, ge=0)  # the penalty's weight (0 = off)
+    k: int = num(32, **POSITIVE)  # how many of W0's top singular directions
+    project: bool = False  # keep the update out of them exactly
 
     @property
     def active(self) -> bool:
@@ -211,36 +216,36 @@ class OrthoSettings:
 @dataclass
 class DpoSettings:
     """DPO (lora-dpo / full-dpo): chosen = the refusal target, rejected = the base model's own greedy answer."""
-    beta: float = num(0.1, gt=0)
-    rejected_tokens: int = num(64, **POSITIVE)
+    beta: float = num(0.1, gt=0)  # DPO's temperature: how far the patch may move from the base
+    rejected_tokens: int = num(64, **POSITIVE)  # length of the base's own answers used as rejected
 
 
 @dataclass
 class TrainConfig:
     model: str | None = None  # HF id, local directory, or None/"embedded" for the embedded SmolLM2
-    output: str = "runs/patch"
+    output: str = "runs/patch"  # the patch directory (never replaced without --overwrite)
     # lora-*: LoRA adapters on a frozen base; full-*: every parameter. *-sft: refusal SFT; *-dpo: DPO on pairs.
     method: str = field(default="lora-sft", metadata={"choices": lambda: METHODS})
     # Registered dataset names (their train split; harmful sets get project-written refusal targets; NAME:SUBSET
     # selects e.g. a Do-Not-Answer risk area) or paths to user JSONL files (trained on as given).
     data: list[str] = field(default_factory=lambda: ["advbench"])
-    max_examples: int | None = num(None, **CAP)
+    max_examples: int | None = num(None, **CAP)  # training examples at most (None: all)
     # Shuffle the records of all sources (seeded) before ``max_examples`` cuts them, so a cap samples every source.
     shuffle: bool = False
     lora: LoraSettings = field(default_factory=LoraSettings)
-    lr: float = num(2e-4, gt=0)
+    lr: float = num(2e-4, gt=0)  # the learning rate (AdamW)
     epochs: int = num(2, **POSITIVE)
-    batch_size: int = num(8, **POSITIVE)
+    batch_size: int = num(8, **POSITIVE)  # examples per optimizer step (before grad_accum)
     # Batches of similar lengths (less padding, faster; the order stays seeded-random), for training and retain data.
     group_by_length: bool = False
-    grad_accum: int = num(1, **POSITIVE)
-    max_length: int = num(256, **POSITIVE)
+    grad_accum: int = num(1, **POSITIVE)  # batches per optimizer step
+    max_length: int = num(256, **POSITIVE)  # tokens per example (longer ones are cut) and per packed row
     # SFT: lay each batch's examples end to end in rows of max_length tokens (no padding; same loss); models that
     # cannot keep packed examples apart (checked on the model) train on padded batches.
     packing: bool = True
-    scheduler: str = field(default="constant", metadata={"choices": lambda: SCHEDULERS})
-    warmup_ratio: float = num(0.0, ge=0, le=1)
-    weight_decay: float = num(0.0, ge=0)
+    scheduler: str = field(default="constant", metadata={"choices": lambda: SCHEDULERS})  # transformers' schedules
+    warmup_ratio: float = num(0.0, ge=0, le=1)  # share of the steps spent warming the learning rate up
+    weight_decay: float = num(0.0, ge=0)  # AdamW's
     max_grad_norm: float = num(1.0, ge=0)  # 0 = no clipping
     seed: int = num(0, ge=0)
     split_seed: int = num(0, ge=0)
@@ -249,7 +254,7 @@ class TrainConfig:
     mixed_precision: str = field(default="auto", metadata={"choices": lambda: ("auto", "no", "bf16")})
     device: str = "auto"
     trust_remote_code: bool = False
-    log_every: int = num(5, **POSITIVE)
+    log_every: int = num(5, **POSITIVE)  # optimizer steps between lines of train_log.jsonl
     checkpoint_every: int = num(50, ge=0)  # batches between resumable checkpoints (0 = none)
     retain: RetainSettings = field(default_factory=RetainSettings, metadata={"list_key": "data"})
     dpo: DpoSettings = field(default_factory=DpoSettings)
@@ -262,7 +267,7 @@ class TrainConfig:
     # base model itself (self-distillation; no instruction corpus ships offline), and/or user JSONL files as given.
     mix_general: float = num(0.0, ge=0, lt=1)
     general_data: list[str] = field(default_factory=lambda: ["chatterbot_prompts"])
-    general_max_new_tokens: int = num(64, **POSITIVE)
+    general_max_new_tokens: int = num(64, **POSITIVE)  # the base's answers to general prompts, at most
     # LoRA only: save the patch with its update multiplied by this dose (chosen on validation data, e.g. by
     # `orthopatch select-scale` or a preset), so it applies at scale 1 everywhere, including after export or merge.
     scale: float = num(1.0, gt=0)

@@ -3,8 +3,8 @@ plain left-padded pass per batch and by the pass that computes each batch's comm
 (what fitting uses), side by side in one run, in alternating rounds; reports seconds, tokens computed, the speed-up
 and the largest difference between the two routes' pooled features.
 
-    python benchmarks/gate_features.py                                   # embedded SmolLM2-135M, selective-twins
-    python benchmarks/gate_features.py --preset selective --n 512 --rounds 3
+    python benchmarks/gate_features.py                                   # embedded SmolLM2-135M, the recipe
+    python benchmarks/gate_features.py --preset selective-fast --n 512 --rounds 3
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def read(model, rows: list[list[int]], pad_id: int, layers: list[int], batch_siz
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None)
-    parser.add_argument("--preset", default="selective-twins", choices=[p for p in TRAIN_PRESETS
+    parser.add_argument("--preset", default="selective", choices=[p for p in TRAIN_PRESETS
                                                                         if "gate" in TRAIN_PRESETS[p]])
     parser.add_argument("--n", type=int, default=512, help="gate training prompts read (the first n, in order)")
     parser.add_argument("--batch-size", type=int, default=16)

@@ -98,7 +98,7 @@ def test_gpu_benchmark_runs_a_tiny_shape_on_the_cpu():
 
 
 def test_gate_features_reads_the_same_values_both_ways(tiny_model):
-    output = run("gate_features.py", "--model", str(tiny_model), "--preset", "selective", "--n", "24",
+    output = run("gate_features.py", "--model", str(tiny_model), "--preset", "selective-fast", "--n", "24",
                  "--rounds", "1", "--batch-size", "8")
     check("gate_features.py", output)
     assert output["max_abs_difference"] < 1e-4

@@ -89,7 +89,7 @@ def test_the_gate_sentence_says_whether_the_extra_data_was_kept():
 def test_the_study_weighs_the_twins_preset_against_the_recipe_on_twin_aware_validation():
     from orthopatch.train.config import TRAIN_PRESETS
 
-    assert selective.FAMILIES["twins"] is TRAIN_PRESETS["selective-twins"] and "twins" in selective.GATED
+    assert selective.FAMILIES["twins"] is TRAIN_PRESETS["selective"] and "twins" in selective.GATED
     val = selective.validation_eval(SelectiveConfig())
     assert "twins" in val.benign and "twins" in selective.CHOICE_BENIGN
     assert {"harmbench_official:standard", "rewrites", "obfuscated"} <= set(val.harmful)

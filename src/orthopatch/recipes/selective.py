@@ -5,12 +5,12 @@ reported once on test splits.
 Families (each a train preset, so the study's winner is what ``train --preset`` gives a user):
 - ``naive``: refusal SFT on the harmful data alone (the paper's recipe, the control);
 - ``contrastive``: the same plus a KL retain term on benign contrast prompts (``selective-contrastive``);
-- ``gated``: the naive patch behind a gate (``selective``, the recommended recipe: the study's choice on
-  validation), its features (the base's hidden states, a sentence encoder, or both) chosen out of source;
-- ``cascade``: the contrastive patch behind the gate (``selective-cascade``);
-- ``twins``: the naive patch behind a gate taught intent rather than topic (``selective-twins``: more harmful
-  sources, benign twins of the harmful requests, rewrites and obfuscated copies; a fine-tuned sentence encoder
-  among its features).
+- ``gated``: the naive patch behind a fast gate (``selective-fast``), its features (the base's hidden states, a
+  sentence encoder, or both) chosen out of source;
+- ``cascade``: the contrastive patch behind the fast gate (``selective-cascade``);
+- ``twins``: the naive patch behind a gate taught intent rather than topic (``selective``, the recommended recipe:
+  the study's choice on validation; more harmful sources, benign twins of the harmful requests, rewrites and
+  obfuscated copies; a fine-tuned sentence encoder among its features).
 Ungated families move along their dose, gated ones along their gate threshold (computed from the base's answers and
 the patch's answers without its gate: :mod:`.frontier`). An ungated family ships at the dose with the largest margin
 of harmful refusal over over-refusal (Youden's J) on validation, a gated one at its gate's own validation
@@ -53,9 +53,9 @@ from orthopatch.train.config import SELECTIVE, TRAIN_PRESETS, TrainConfig
 from orthopatch.train.gate import fit_gate
 
 FAMILIES: dict[str, dict[str, Any]] = {"naive": SELECTIVE, "contrastive": TRAIN_PRESETS["selective-contrastive"],
-                                       "gated": TRAIN_PRESETS["selective"],
+                                       "gated": TRAIN_PRESETS["selective-fast"],
                                        "cascade": TRAIN_PRESETS["selective-cascade"],
-                                       "twins": TRAIN_PRESETS["selective-twins"]}
+                                       "twins": TRAIN_PRESETS["selective"]}
 # the harmful sets whose validation splits place each family: the training sources, a source no family is fitted
 # on, and the same requests rewritten and respelt in kinds no gate is fitted on
 HARMFUL_VAL = [*HARMFUL_TRAINING, *HARMFUL_VALIDATION_ONLY, "rewrites", "obfuscated"]

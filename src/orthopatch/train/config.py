@@ -21,42 +21,44 @@ SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_wi
               "inverse_sqrt")
 SELECTIVE = {"data": list(HARMFUL_TRAINING), "shuffle": True, "max_examples": 256, "epochs": 1, "group_by_length": True}
 SELECTIVE_RETAIN = {"data": list(CONTRAST), "weight": 10.0}
-# The selective recipe's gate: its features (one layer's or all candidate layers' hidden states, the
-# all-MiniLM-L6-v2 sentence encoder, or both), layer, pooling and penalty chosen out of source (leave one source out,
-# the one-standard-error rule). Linear heads only: refitting MLP heads once per source costs more than the recipe's
-# whole budget on a CPU.
-SELECTIVE_GATE = {"enabled": True, "selection": "out-of-source",
-                  "features": ["hidden", "hidden:all", "encoder", "hidden+encoder"]}
+# A fast gate: fitted on the training sources against look-alike, casual and borderline prompts; its features (one
+# layer's or all candidate layers' hidden states, the all-MiniLM-L6-v2 sentence encoder, or both), layer, pooling
+# and penalty chosen out of source (leave one source out, the one-standard-error rule). Linear heads only: refitting
+# MLP heads once per source costs more than the recipe's whole budget on a CPU.
+SELECTIVE_FAST_GATE = {"enabled": True, "selection": "out-of-source",
+                       "features": ["hidden", "hidden:all", "encoder", "hidden+encoder"]}
 # The same choice over more candidates: pooled at the last token, the mean or both, each fitted without and with the
 # harmful and benign prompts rephrased (tense, person, register, fiction, role-play, multi-step), kept only where
 # they help on held-out sources.
-SELECTIVE_REPHRASED_GATE = {**SELECTIVE_GATE, "poolings": list(POOLINGS), "rephrase": 0.5, "extra": ["rephrase"]}
-# A gate taught intent rather than topic: six harmful sources (HarmBench's own validation split as a seventh, never
-# fitted on), a benign twin of every harmful request, rewrites into other tenses, persons and registers, obfuscated
-# copies of both classes, the project's varied benign prompts among the contrast; the fine-tuned encoder, the
-# base's hidden states, or both, chosen out of source (four folds of sources), no candidate that cannot tell the
-# validation requests from their twins.
-SELECTIVE_TWINS_GATE = {**SELECTIVE_GATE, "harmful": [*HARMFUL_TRAINING, *HARMFUL_MORE],
-                        "benign": [*CONTRAST, "varied_benign"], "validation_harmful": list(HARMFUL_VALIDATION_ONLY),
-                        "twins": 1.0, "rewrites": 0.5, "obfuscate": 0.3,
-                        "features": ["hidden:all", "tuned-encoder", "hidden:all+tuned-encoder"], "min_twin_auroc": 0.85}
-# Named training recipes (`orthopatch train --preset NAME`), applied under --config and --set. Each was chosen by a
-# study on validation splits; what they measured on test splits is in docs/results/.
+SELECTIVE_REPHRASED_GATE = {**SELECTIVE_FAST_GATE, "poolings": list(POOLINGS), "rephrase": 0.5, "extra": ["rephrase"]}
+# The recipe's gate, taught intent rather than topic: six harmful sources (HarmBench's own validation split as a
+# seventh, never fitted on), a benign twin of every harmful request, rewrites into other tenses, persons and
+# registers, obfuscated copies of both classes, the project's varied benign prompts among the contrast; the
+# fine-tuned encoder, the base's hidden states, or both, chosen out of source (four folds of sources), no candidate
+# that cannot tell the validation requests from their twins. A gate fitted on other topics than its harmful
+# requests' learns the topics; twins on the same topics leave it intent to learn.
+SELECTIVE_GATE = {**SELECTIVE_FAST_GATE, "harmful": [*HARMFUL_TRAINING, *HARMFUL_MORE],
+                  "benign": [*CONTRAST, "varied_benign"], "validation_harmful": list(HARMFUL_VALIDATION_ONLY),
+                  "twins": 1.0, "rewrites": 0.5, "obfuscate": 0.3,
+                  "features": ["hidden:all", "tuned-encoder", "hidden:all+tuned-encoder"], "min_twin_auroc": 0.85}
+# Named training recipes (`orthopatch train --preset NAME`), applied under --config and --set. Each was chosen or
+# measured by a study on validation splits; what they measured on test splits is in docs/results/.
 TRAIN_PRESETS: dict[str, dict[str, Any]] = {
+    # The selective patch, the family `orthopatch selective` chose on validation: refusal SFT on varied harmful
+    # requests behind the gate above, so that the patch acts only on prompts the gate flags.
+    "selective": {**SELECTIVE, "gate": SELECTIVE_GATE},
+    # The same patch behind the fast gate: half the training time, but the gate reads topic (it flags benign twins of
+    # harmful requests) and lets more rephrased requests through.
+    "selective-fast": {**SELECTIVE, "gate": SELECTIVE_FAST_GATE},
+    # The fast gate chosen among more poolings and with the rephrasings: a trade against it, not a better gate.
+    "selective-rephrased": {**SELECTIVE, "gate": SELECTIVE_REPHRASED_GATE},
+    # The other two selective families the study weighs: the fast gate in front of a contrastive patch (a KL retain
+    # term on the benign contrast prompts), and the contrastive patch without a gate.
+    "selective-cascade": {**SELECTIVE, "retain": SELECTIVE_RETAIN, "gate": SELECTIVE_FAST_GATE},
+    "selective-contrastive": {**SELECTIVE, "retain": SELECTIVE_RETAIN},
     # What `orthopatch levers` chose for SmolLM2-135M: a patch on the MLP up-projections alone, at the dose 1.5. The
     # dose is that model's; rerun `select-scale` for another.
     "small-model": {"max_examples": 64, "lora": {"target_modules": ["up_proj"]}, "scale": 1.5},
-    # The selective patch, the recipe `orthopatch selective` chose: refusal SFT on varied harmful requests behind a
-    # gate, so that the patch acts only on prompts the gate flags.
-    "selective": {**SELECTIVE, "gate": SELECTIVE_GATE},
-    # The gate chosen among more poolings and with the rephrasings: a trade against the recipe's gate.
-    "selective-rephrased": {**SELECTIVE, "gate": SELECTIVE_REPHRASED_GATE},
-    # The gate taught intent rather than topic (benign twins, more harmful sources, a fine-tuned encoder).
-    "selective-twins": {**SELECTIVE, "gate": SELECTIVE_TWINS_GATE},
-    # The other two selective families the study weighs: the gate in front of a contrastive patch (a KL retain term
-    # on the benign contrast prompts), and the contrastive patch without a gate.
-    "selective-cascade": {**SELECTIVE, "retain": SELECTIVE_RETAIN, "gate": SELECTIVE_GATE},
-    "selective-contrastive": {**SELECTIVE, "retain": SELECTIVE_RETAIN},
 }
 
 

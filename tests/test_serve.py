@@ -199,6 +199,12 @@ def test_sampling_is_seeded_and_stop_strings_cut(server, offline):
     (b'{"model": "base", "messages": [{"role": "user", "content": "hi"}], "n": 2}', 422, "n"),
     (('{"model": "base", "messages": [{"role": "user", "content": "' + "word " * 2000 + '"}]}').encode(), 400,
      "messages"),
+    # valid JSON that is not Unicode text (an escaped lone surrogate), in each place text reaches the tokenizer
+    (b'{"model": "base", "messages": [{"role": "user", "content": "hi \\udcff"}]}', 422, "messages.0.content"),
+    (b'{"model": "base", "messages": [{"role": "user", "content": [{"type": "text", "text": "\\ud800"}]}]}', 422,
+     "messages.0.content"),
+    (b'{"model": "base", "messages": [{"role": "user", "content": "hi"}], "stop": "\\udfff"}', 422, "stop"),
+    (b'{"model": "base", "messages": [{"role": "user", "content": "hi \xff\xfe"}]}', 400, None),  # not UTF-8
 ])
 def test_bad_requests_get_an_error_object_naming_the_field(server, body, status, param):
     response = httpx.post(server.url + "/v1/chat/completions", content=body,

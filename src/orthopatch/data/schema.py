@@ -59,6 +59,11 @@ def _nonempty_str(value: Any, path: Path, line: int, name: str) -> str:
         raise UserError(f"must be a string, got {type(value).__name__}", path=path, line=line, field=name)
     if not value.strip():
         raise UserError("must not be empty", path=path, line=line, field=name)
+    try:  # JSON may escape a lone surrogate ("\\ud800"): valid JSON, but not text a tokenizer can read
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UserError("must be Unicode text: it holds an unpaired surrogate escape (\\ud800-\\udfff)", path=path,
+                        line=line, field=name) from None
     return value
 
 

@@ -13,6 +13,16 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
+def unicode_text(value: str) -> str:
+    """Every string that reaches the tokenizer: JSON may escape a lone surrogate ("\\udcff"), which is valid JSON
+    but not text a tokenizer can read (checked after the field's own type, so the error names the field)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be Unicode text: it holds an unpaired surrogate escape (\\ud800-\\udfff)") from None
+    return value
+
+
 class TextPart(BaseModel):
     type: Literal["text"]
     text: str
@@ -22,6 +32,13 @@ class Message(BaseModel):
     model_config = ConfigDict(extra="allow")
     role: Literal["system", "user", "assistant", "developer"]
     content: str | list[TextPart]
+
+    @field_validator("content")
+    @classmethod
+    def _text(cls, value):
+        for text in [value] if isinstance(value, str) else [part.text for part in value]:
+            unicode_text(text)
+        return value
 
     def text(self) -> str:
         return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
@@ -53,7 +70,7 @@ class Sampling(BaseModel):
         stops = [value] if isinstance(value, str) else list(value or [])
         if len(stops) > 4 or any(not s for s in stops):
             raise ValueError("give at most 4 non-empty stop strings")
-        return stops
+        return [unicode_text(s) for s in stops]
 
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
@@ -85,7 +102,7 @@ class CompletionRequest(Sampling):
             value = value[0]
         if not value:
             raise ValueError("the prompt is empty")
-        return value
+        return unicode_text(value)
 
     def token_limit(self) -> int | None:
         return self.max_tokens

@@ -17,11 +17,11 @@ import torch
 
 from orthopatch.config import make
 from orthopatch.data.gate_data import gate_data
-from orthopatch.models.generation import MIN_SHARED_PREFIX, chat_prompt_ids, common_prefix, left_pad
+from orthopatch.models.generation import chat_prompt_ids, left_pad
 from orthopatch.models.loading import load_model
 from orthopatch.patches.gate import many_gate_inputs
 from orthopatch.patches.gates import pool
-from orthopatch.patches.hidden_pass import layer_features
+from orthopatch.patches.hidden_pass import layer_features, shared_opening
 from orthopatch.train.config import TRAIN_PRESETS, TrainConfig
 from orthopatch.train.gate import candidate_layers
 
@@ -38,8 +38,7 @@ def read(model, rows: list[list[int]], pad_id: int, layers: list[int], batch_siz
         if shared:
             inputs = many_gate_inputs(model, batch, pad_id, layers)
             attention, hidden = inputs.attention, inputs.hidden
-            opening = min(common_prefix(batch), min(map(len, batch)) - 1)
-            opening = opening if opening >= MIN_SHARED_PREFIX and len(batch) > 1 else 0
+            opening = shared_opening(batch)
             tokens += opening + len(batch) * max(len(r) - opening for r in batch)
         else:
             ids, attention = left_pad(batch, pad_id, next(model.parameters()).device)

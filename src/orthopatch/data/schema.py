@@ -54,17 +54,25 @@ class Unformatted(str):
     feeds the model (a gate sees those too, so it is fitted and validated on some)."""
 
 
+def unicode_text(value: str) -> str:
+    """``value``, if it is text a tokenizer can read: JSON may escape a lone surrogate ("\\ud800"), which is valid
+    JSON but no Unicode text (ValueError). User files and API requests are both checked with it."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be Unicode text: it holds an unpaired surrogate escape (\\ud800-\\udfff)") from None
+    return value
+
+
 def _nonempty_str(value: Any, path: Path, line: int, name: str) -> str:
     if not isinstance(value, str):
         raise UserError(f"must be a string, got {type(value).__name__}", path=path, line=line, field=name)
     if not value.strip():
         raise UserError("must not be empty", path=path, line=line, field=name)
-    try:  # JSON may escape a lone surrogate ("\\ud800"): valid JSON, but not text a tokenizer can read
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise UserError("must be Unicode text: it holds an unpaired surrogate escape (\\ud800-\\udfff)", path=path,
-                        line=line, field=name) from None
-    return value
+    try:
+        return unicode_text(value)
+    except ValueError as error:
+        raise UserError(str(error), path=path, line=line, field=name) from None
 
 
 def validate_messages(messages: Any, path: Path, line: int) -> tuple[dict[str, str], ...]:

@@ -71,6 +71,13 @@ def positions_of(model, positions: torch.Tensor) -> dict[str, torch.Tensor]:
     return {"position_ids": positions.clamp(min=0)} if forward_accepts(model, "position_ids") else {}
 
 
+def shared_opening(rows: list[list[int]]) -> int:
+    """How many opening tokens the rows share and are worth computing once (0: too few, or a single row); every row
+    keeps at least one token of its own."""
+    shared = min(common_prefix(rows), min(len(r) for r in rows) - 1)
+    return shared if shared >= MIN_SHARED_PREFIX and len(rows) > 1 else 0
+
+
 @torch.no_grad()
 def shared_opening_features(model, rows: list[list[int]], pad_id: int, layers: list[int]
                             ) -> tuple[torch.Tensor, torch.Tensor, dict[int, torch.Tensor]]:
@@ -81,8 +88,8 @@ def shared_opening_features(model, rows: list[list[int]], pad_id: int, layers: l
     model's cache cannot be shared, it is one plain left-padded pass. Reading the gate's prompts this way skips a
     third to a half of their tokens."""
     device = next(model.parameters()).device
-    shared = min(common_prefix(rows), min(len(r) for r in rows) - 1)  # every row keeps a token to compute
-    if shared < MIN_SHARED_PREFIX or len(rows) < 2 or not forward_accepts(model, "position_ids"):
+    shared = shared_opening(rows)
+    if not shared or not forward_accepts(model, "position_ids"):
         input_ids, attention = left_pad(rows, pad_id, device)
         return input_ids, attention, layer_features(model, input_ids, attention, layers)
     cache = DynamicCache(config=model.config)

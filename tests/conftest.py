@@ -155,7 +155,7 @@ def tiny_gguf(tiny_model, tmp_path_factory) -> Path:
 def llama_server() -> Path:
     """llama.cpp's server, as `orthopatch serve --engine llama.cpp` finds it (scripts/setup.sh --dev builds it)."""
     from orthopatch.errors import UserError
-    from orthopatch.serve.backends.llamacpp import find_llama_server
+    from orthopatch.models.llamacpp import find_llama_server
 
     try:
         return find_llama_server(None)

@@ -16,9 +16,10 @@ KEYS = {
     "eval_throughput.py": ["model", "device", "n_prompts", "prompt_tokens", "routes", "prompts_per_s", "speedup",
                            "speedup_vs_sorted", "identical_answers", "identical_judgements"],
     "train_throughput.py": ["orthopatch_lora", "hf_trainer_lora", "orthopatch_full", "ratios", "setup"],
-    "serve.py": ["model", "patch", "clients", "max_tokens", "threads", "runs", "ratios", "requests_per_s",
-                 "completion_tokens_per_s", "p50_latency_s", "p95_latency_s", "base_vs_transformers_serve",
-                 "base_vs_unbatched", "gated_vs_base"],
+    "serve.py": ["model", "gguf", "patch", "max_tokens", "max_batch", "threads", "results", "ratios",
+                 "llamacpp_answers", "requests_per_s", "completion_tokens_per_s", "p50_latency_s", "p95_latency_s",
+                 "llamacpp_gated_vs_llama_server@1", "llamacpp_gated_vs_torch_gated@2",
+                 "torch_base_vs_transformers_serve@2", "torch_base_vs_unbatched@2", "torch_gated_vs_torch_base@1"],
     "gpu.py": ["shape", "device", "device_name", "dtype", "parameters", "train", "ratios", "eval", "mfu",
                "model_tflops_per_s", "orthopatch_vs_hf_trainer_tokens_per_second", "plain_prompts_per_s",
                "orthopatch_prompts_per_s", "peak_tflops"],
@@ -81,13 +82,16 @@ def test_gate_overhead(tiny_model, gated_patch):
     assert [r["max_new_tokens"] for r in output["runs"]] == [2, 3] and output["runs"][0]["ungated_seconds"] > 0
 
 
-def test_serve(tiny_model, gated_patch):
-    output = run("serve.py", "--model", str(tiny_model), "--patch", str(gated_patch), "--clients", "2",
-                 "--requests", "4", "--rounds", "1", "--max-tokens", "3")
-    check("serve.py", {**output, **output["runs"]["orthopatch_base"], **output["ratios"]})
-    assert set(output["runs"]) == {"orthopatch_base", "orthopatch_gated", "orthopatch_unbatched",
-                                   "transformers_serve_cb"}
-    assert all(run["requests"] == 4 and run["requests_per_s"] > 0 for run in output["runs"].values())
+def test_serve(tiny_model, tiny_gguf, gated_patch, llama_server):
+    output = run("serve.py", "--model", str(tiny_model), "--gguf", str(tiny_gguf), "--patch", str(gated_patch),
+                 "--clients", "1,2", "--requests", "4", "--rounds", "1", "--max-tokens", "3", "--context", "256",
+                 "--llama-server", str(llama_server))
+    check("serve.py", {**output, **output["results"]["2"]["orthopatch_torch_base"], **output["ratios"]})
+    assert set(output["results"]["2"]) == {"orthopatch_torch_base", "orthopatch_torch_gated", "orthopatch_llamacpp_base",
+                                           "orthopatch_llamacpp_gated", "orthopatch_torch_unbatched",
+                                           "llama_server_base", "transformers_serve_cb"}
+    assert all(run["requests"] == 4 and run["requests_per_s"] > 0 for run in output["results"]["2"].values())
+    assert output["llamacpp_answers"]["prompts"] == 4 and output["llamacpp_answers"]["equal"] == 4
 
 
 @pytest.mark.filterwarnings("ignore")

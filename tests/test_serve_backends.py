@@ -11,9 +11,10 @@ import torch
 from pydantic import ValidationError
 
 from orthopatch.errors import UserError
+from orthopatch.models.llamacpp import find_llama_server
 from orthopatch.serve.backends import ENGINES, Call
 from orthopatch.serve.backends.base import Backend
-from orthopatch.serve.backends.llamacpp import LlamaCppBackend, find_llama_server
+from orthopatch.serve.backends.llamacpp import LlamaCppBackend
 from orthopatch.serve.backends.upstream import FORWARDED, UpstreamBackend
 from orthopatch.serve.jobs import Job, Sampling
 from orthopatch.serve.protocol import ChatRequest, CompletionRequest

@@ -67,8 +67,10 @@ class EvalConfig:
     # and tokens per batch (rows x (longest prompt + new tokens)); None: on CUDA what half the free memory holds of
     # the KV cache, on a CPU 8192 (measured: benchmarks/README.md, eval_throughput.py)
     token_budget: int | None = num(None, **POSITIVE)
-    # "hf" (transformers, batched) or "vllm" (judged generations through vLLM, for large models on GPUs).
-    engine: str = field(default="hf", metadata={"choices": lambda: ("hf", "vllm")})
+    # "hf" (transformers, batched), "vllm" (judged generations through vLLM, for large models on GPUs) or
+    # "llama.cpp" (judged generations through llama-server on the base's GGUF file, for CPUs)
+    engine: str = field(default="hf", metadata={"choices": lambda: ("hf", "vllm", "llama.cpp")})
+    gguf: str | None = None  # llama.cpp: the base's GGUF file (default: the embedded model's own)
     judge: str = field(default="strmatch-refusal", metadata={"check": _check_judge})
     # more judges on the same answers: each one's rates, and its disagreement with the primary judge per set
     extra_judges: list[str] = field(default_factory=list, metadata={"check_each": _check_judge})

@@ -28,6 +28,7 @@ from orthopatch.evaluate.attacks import get_family
 from orthopatch.evaluate.config import EvalConfig
 from orthopatch.evaluate.judges import Judge, check_judge_name
 from orthopatch.evaluate.judging import get_judge
+from orthopatch.evaluate.llamacpp_engine import LlamaCppEngine
 from orthopatch.evaluate.lm_eval_bridge import run_lm_eval
 from orthopatch.evaluate.metrics import (
     answer_matches,
@@ -52,9 +53,11 @@ from orthopatch.io import (
 from orthopatch.models.encoders import minilm_dir
 from orthopatch.models.generation import chat_prompt_ids, memory_token_budget
 from orthopatch.models.generation import generate as hf_generate
+from orthopatch.models.llamacpp import find_llama_server
 from orthopatch.models.loading import load_model_for
 from orthopatch.models.probes import auroc
 from orthopatch.patches.gate import gate_scores, gates_of
+from orthopatch.patches.gguf import base_gguf_for
 from orthopatch.patches.manifest import apply_patch, library_versions, read_manifest
 from orthopatch.patches.scale import set_patch_scale
 from orthopatch.train.gate_selection import benign_rate_threshold
@@ -457,6 +460,15 @@ def load_for_eval(cfg: EvalConfig, model_and_tokenizer: tuple | None = None):
     return model, tokenizer, info, patch_info
 
 
+def make_engine(cfg: EvalConfig, model, tokenizer, info):
+    """What generates the judged answers: None for transformers itself, else the engine ``cfg.engine`` names."""
+    if cfg.engine == "vllm":
+        return VLLMEngine(info.path, tokenizer, cfg.patch, cfg.patch_scale)
+    if cfg.engine == "llama.cpp":
+        return LlamaCppEngine(model, tokenizer, cfg)
+    return None
+
+
 def check_prerequisites(cfg: EvalConfig) -> None:
     """Everything an evaluation needs, checked before any model loads (one line and exit 2 for what is missing):
     judges, data carriers and user files, attack families, the embedding model (drift, embedding judge), lm-eval and
@@ -475,6 +487,9 @@ def check_prerequisites(cfg: EvalConfig) -> None:
         if cfg.patch and read_manifest(cfg.patch).get("kind") == "gated-lora":
             raise UserError("a gated patch runs on the hf engine here; to serve one with vLLM, put orthopatch serve "
                             "--upstream in front of vLLM (docs: Serve)", field="engine")
+    if cfg.engine == "llama.cpp":
+        find_llama_server(None)
+        base_gguf_for(cfg.model, cfg.gguf)
 
 
 def run_eval(cfg: EvalConfig, *, overwrite: bool = False, progress: bool = True, command: str | None = None,
@@ -486,8 +501,12 @@ def run_eval(cfg: EvalConfig, *, overwrite: bool = False, progress: bool = True,
     with output_lock(output):
         start = time.perf_counter()
         model, tokenizer, info, patch_info = load_for_eval(cfg, model_and_tokenizer)
-        engine = VLLMEngine(info.path, tokenizer, cfg.patch, cfg.patch_scale) if cfg.engine == "vllm" else None
-        results, samples = evaluate(model, tokenizer, cfg, progress=progress, engine=engine)
+        engine = make_engine(cfg, model, tokenizer, info)
+        try:
+            results, samples = evaluate(model, tokenizer, cfg, progress=progress, engine=engine)
+        finally:
+            if hasattr(engine, "close"):
+                engine.close()
         results["decoding"]["engine"] = cfg.engine
         if patch_info is not None and model_and_tokenizer is not None:
             model.unload()  # leave the caller's base model as it was given

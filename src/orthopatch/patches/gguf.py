@@ -125,6 +125,40 @@ def write_adapter(path: Path, tensors: dict[str, np.ndarray], base: BaseGGUF, me
     writer.close()
 
 
+def base_gguf_for(model: str | None, gguf: str | None) -> BaseGGUF:
+    """The base's GGUF file for ``--model`` (the embedded model's own by default), checked to be that model."""
+    from orthopatch.io import read_json
+    from orthopatch.models.embedded import EMBEDDED_ALIASES, embedded_gguf
+    from orthopatch.models.loading import resolve_model_path
+
+    if gguf is None and model is not None and model not in EMBEDDED_ALIASES:
+        raise UserError("llama.cpp needs the base as a GGUF file (--gguf FILE; llama.cpp's convert_hf_to_gguf.py "
+                        "makes one from a model directory)", field="gguf")
+    base = BaseGGUF.read(gguf or embedded_gguf())
+    config = read_json(resolve_model_path(model)[1] / "config.json")
+    embedding = base.shapes.get("token_embd.weight", (0, 0))
+    if base.blocks != config.get("num_hidden_layers") or embedding[-1] != config.get("vocab_size"):
+        raise UserError(f"the GGUF file ({base.blocks} blocks, vocabulary {embedding[-1]}) is not this base "
+                        f"({config.get('num_hidden_layers')} layers, vocabulary {config.get('vocab_size')})",
+                        path=base.path, field="gguf")
+    return base
+
+
+def write_adapters(patches: list[str], folder: Path, model: str | None, base: BaseGGUF) -> list[Path]:
+    """Each (verified) patch's LoRA part as ``folder``/INDEX-adapter.gguf, in the order given."""
+    from orthopatch.io import read_json
+    from orthopatch.models.loading import resolve_model_path
+    from orthopatch.patches.stack import stacked_factors
+
+    config = read_json(resolve_model_path(model)[1] / "config.json")
+    written = []
+    for index, patch in enumerate(patches):
+        factors, _, _ = stacked_factors([(str(patch), 1.0)])
+        written.append(folder / f"{index}-{ADAPTER_FILE}")
+        write_adapter(written[-1], adapter_tensors(factors, config, base), base, {"general.name": Path(patch).name})
+    return written
+
+
 def modelfile(base: BaseGGUF) -> str:
     warning = "\n".join(f"# {line}" for line in re.findall(r".{1,100}(?:\s|$)", UNGATED_WARNING))
     return f"{warning}\nFROM {base.path.resolve()}\nADAPTER ./{ADAPTER_FILE}\n"

@@ -81,10 +81,24 @@ def llama_server_command(args, gguf: str, *extra: str) -> list[str]:
 
 
 def start_servers(args, gguf: str) -> dict[str, tuple[ServerProcess, str]]:
-    """Every compared server, each with the model id its load uses."""
+    """Every compared server, each with the model id its load uses; if one fails to start, those started stop."""
+    servers: dict[str, tuple[ServerProcess, str]] = {}
+    try:
+        add_servers(servers, args, gguf)
+    except BaseException:
+        stop_all(servers)
+        raise
+    return servers
+
+
+def stop_all(servers: dict[str, tuple[ServerProcess, str]]) -> None:
+    for server in {id(s): s for s, _ in servers.values()}.values():
+        server.stop()
+
+
+def add_servers(servers: dict[str, tuple[ServerProcess, str]], args, gguf: str) -> None:
     served = ["--served-model-name", "base"] + (["--model", args.model] if args.model else [])
     patch = ["--patch", f"selective={args.patch}"] if args.patch else []
-    servers: dict[str, tuple[ServerProcess, str]] = {}
     for engine, flags in (("torch", []), ("llamacpp", ["--engine", "llama.cpp", "--gguf", gguf, "--context",
                                                        str(args.context)])):
         process = ServerProcess(*served, *patch, "--max-batch", str(args.max_batch), *flags)
@@ -97,14 +111,13 @@ def start_servers(args, gguf: str) -> dict[str, tuple[ServerProcess, str]]:
     if args.llama_cpp_python:
         command = [args.llama_cpp_python, "-m", "llama_cpp.server", "--model", gguf, "--host", "127.0.0.1",
                    "--port", "{port}", "--n_ctx", str(args.context)]
-        servers["llama_cpp_python_base"] = (ServerProcess(command=command), "base")
+        servers["llama_cpp_python_base"] = (ServerProcess(command=command, ready_path="/v1/models"), "base")
     if not args.no_transformers:
         path = str(resolve_model_path(args.model)[1])
         command = [str(Path(sys.executable).with_name("transformers")), "serve", path, "--continuous-batching",
                    "--device", "cpu" if not torch.cuda.is_available() else "auto", "--host", "127.0.0.1",
                    "--port", "{port}"]
         servers["transformers_serve_cb"] = (ServerProcess(command=command), path)
-    return servers
 
 
 def measure(servers: dict, args, prompts: list[str]) -> dict:
@@ -198,8 +211,7 @@ def main() -> None:
         answers = same_answers_as_llama_cpp(args, gguf, servers["orthopatch_llamacpp_gated"][0], prompts) \
             if args.patch else None
     finally:
-        for server in {id(s): s for s, _ in servers.values()}.values():
-            server.stop()
+        stop_all(servers)
     print(json.dumps({"model": args.model or "embedded", "gguf": Path(gguf).name, "patch": args.patch,
                       "max_tokens": args.max_tokens, "max_batch": args.max_batch, "threads": torch.get_num_threads(),
                       "results": results, "ratios": ratios(results), "llamacpp_answers": answers}, indent=2))

@@ -9,16 +9,21 @@ it is applied to, and the gate has to decide in front of it (``orthopatch serve 
 
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import gguf
 import numpy as np
 import torch
 
 from orthopatch.errors import UserError
+from orthopatch.io import atomic_dir, check_new_output, read_json, sha256_file
+from orthopatch.models.embedded import EMBEDDED_ALIASES, embedded_gguf
+from orthopatch.models.loading import fingerprint, resolve_model_path
+from orthopatch.patches.manifest import verify_patch
+from orthopatch.patches.stack import ADAPTER_WEIGHTS, stacked_factors
 
 ADAPTER_FILE = "adapter.gguf"
 MODELFILE = "Modelfile"
@@ -43,8 +48,6 @@ class BaseGGUF:
 
     @classmethod
     def read(cls, path: str | Path) -> BaseGGUF:
-        import gguf
-
         path = Path(path)
         if not path.is_file():
             raise UserError("the base's GGUF file does not exist", path=path)
@@ -60,13 +63,6 @@ class BaseGGUF:
         return cls(path, architecture, int(blocks.contents()) if blocks is not None else 0,
                    {t.name: tuple(int(n) for n in t.shape) for t in reader.tensors})
 
-    def sha256(self) -> str:
-        digest = hashlib.sha256()
-        with self.path.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        return digest.hexdigest()
-
 
 def permute_rows(weight: torch.Tensor, heads: int) -> torch.Tensor:
     """The row order llama.cpp's converter gives llama q/k projections (each head's rotary halves interleaved)."""
@@ -76,8 +72,6 @@ def permute_rows(weight: torch.Tensor, heads: int) -> torch.Tensor:
 
 def adapter_tensors(factors: dict[str, torch.Tensor], config: dict[str, Any], base: BaseGGUF) -> dict[str, np.ndarray]:
     """GGUF tensor name -> float32 array for every LoRA factor, checked against the base's tensor shapes."""
-    import gguf
-
     model_type = config.get("model_type")
     if model_type not in ARCHITECTURES:
         raise UserError(f"GGUF export knows {', '.join(sorted(ARCHITECTURES))}, not model_type {model_type!r}",
@@ -109,8 +103,6 @@ def adapter_tensors(factors: dict[str, torch.Tensor], config: dict[str, Any], ba
 
 
 def write_adapter(path: Path, tensors: dict[str, np.ndarray], base: BaseGGUF, metadata: dict[str, str]) -> None:
-    import gguf
-
     writer = gguf.GGUFWriter(str(path), base.architecture)
     writer.add_type(gguf.GGUFType.ADAPTER)
     writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
@@ -125,16 +117,13 @@ def write_adapter(path: Path, tensors: dict[str, np.ndarray], base: BaseGGUF, me
     writer.close()
 
 
-def base_gguf_for(model: str | None, gguf: str | None) -> BaseGGUF:
+def base_gguf_for(model: str | None, gguf_file: str | None) -> BaseGGUF:
     """The base's GGUF file for ``--model`` (the embedded model's own by default), checked to be that model."""
-    from orthopatch.io import read_json
-    from orthopatch.models.embedded import EMBEDDED_ALIASES, embedded_gguf
-    from orthopatch.models.loading import resolve_model_path
 
-    if gguf is None and model is not None and model not in EMBEDDED_ALIASES:
+    if gguf_file is None and model is not None and model not in EMBEDDED_ALIASES:
         raise UserError("llama.cpp needs the base as a GGUF file (--gguf FILE; llama.cpp's convert_hf_to_gguf.py "
                         "makes one from a model directory)", field="gguf")
-    base = BaseGGUF.read(gguf or embedded_gguf())
+    base = BaseGGUF.read(gguf_file or embedded_gguf())
     config = read_json(resolve_model_path(model)[1] / "config.json")
     embedding = base.shapes.get("token_embd.weight", (0, 0))
     if base.blocks != config.get("num_hidden_layers") or embedding[-1] != config.get("vocab_size"):
@@ -146,9 +135,6 @@ def base_gguf_for(model: str | None, gguf: str | None) -> BaseGGUF:
 
 def write_adapters(patches: list[str], folder: Path, model: str | None, base: BaseGGUF) -> list[Path]:
     """Each (verified) patch's LoRA part as ``folder``/INDEX-adapter.gguf, in the order given."""
-    from orthopatch.io import read_json
-    from orthopatch.models.loading import resolve_model_path
-    from orthopatch.patches.stack import stacked_factors
 
     config = read_json(resolve_model_path(model)[1] / "config.json")
     written = []
@@ -167,11 +153,6 @@ def modelfile(base: BaseGGUF) -> str:
 def export_gguf(patch: str | Path, output: str | Path, *, model: str | None = None, base_gguf: str | None = None,
                 overwrite: bool = False) -> Path:
     """``output``/adapter.gguf (the patch's LoRA part), a Modelfile for Ollama and a README, written together."""
-    from orthopatch.io import atomic_dir, check_new_output, read_json, sha256_file
-    from orthopatch.models.embedded import embedded_gguf
-    from orthopatch.models.loading import fingerprint, resolve_model_path
-    from orthopatch.patches.manifest import verify_patch
-    from orthopatch.patches.stack import ADAPTER_WEIGHTS, stacked_factors
 
     spec, base_dir = resolve_model_path(model)
     manifest = verify_patch(patch, fingerprint(base_dir))

@@ -21,7 +21,7 @@ class ServerProcess:
     the command is ``orthopatch serve --port PORT ARGS``."""
 
     def __init__(self, *args: str, command: list[str] | None = None, env: dict[str, str] | None = None,
-                 timeout: float = 180.0) -> None:
+                 timeout: float = 180.0, ready_path: str = "/health") -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         if command is None:
@@ -37,13 +37,13 @@ class ServerProcess:
             if self.process.poll() is not None:
                 return  # it stopped by itself (a refused start: read returncode and output)
             try:
-                if httpx.get(self.url + "/health", timeout=1.0).status_code == 200:
+                if httpx.get(self.url + ready_path, timeout=1.0).status_code == 200:
                     return
             except httpx.HTTPError:
                 time.sleep(0.2)
         output = self.output()[-3000:]
         self.stop()
-        raise TimeoutError(f"the server did not answer /health within {timeout} s:\n{output}")
+        raise TimeoutError(f"the server did not answer {ready_path} within {timeout} s:\n{output}")
 
     def output(self) -> str:
         return self.log.read_text(encoding="utf-8", errors="replace")

@@ -99,3 +99,29 @@ def test_a_vanishing_temperature_samples_greedily():
     job = Job("r", "m", [1], Sampling(4, 1e-300, 1.0, 0), lambda ids: "", frozenset(), lambda event: None)
     logits = torch.tensor([0.1, 3.0, -2.0, 2.9])
     assert job.pick(logits) == 1
+
+
+def test_calls_that_arrive_together_are_routed_together():
+    """The gates read the prompts of calls waiting together in one pass; each call gets its own route."""
+    import asyncio
+    import time as clock
+
+    from orthopatch.serve.backends.upstream import GateBatcher
+
+    class Models:
+        passes: list[int] = []
+
+        def route(self, wanted, prompts):
+            self.passes.append(len(prompts))
+            clock.sleep(0.05)  # a forward pass
+            return [{"patch": name, "prompt": ids} for name, ids in zip(wanted, prompts, strict=True)]
+
+    async def many():
+        batcher = GateBatcher(Models(), limit=4)
+        calls = [Call(f"r{i}", f"m{i}", "chat", None, [i], Sampling(1), False, False) for i in range(10)]
+        return await asyncio.gather(*(batcher.route(call) for call in calls))
+
+    routes = asyncio.run(many())
+    assert [r["prompt"] for r in routes] == [[i] for i in range(10)]
+    assert [r["patch"] for r in routes] == [f"m{i}" for i in range(10)]
+    assert Models.passes == [4, 4, 2]  # at most --max-batch prompts a pass

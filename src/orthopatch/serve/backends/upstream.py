@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 from typing import Any, ClassVar
 
 import httpx
@@ -28,6 +27,41 @@ from orthopatch.serve.models import ModelSet, load_gates_only, parse_patch_arg
 FORWARDED = ("max_tokens", "max_completion_tokens", "temperature", "top_p", "seed", "stop")
 
 
+class GateBatcher:
+    """Routes calls in batches: calls that arrive while a batch is being routed wait and are routed together next
+    (one pass over the base's first layers for all their prompts, in a worker thread), so that many clients do not
+    queue for the gate one prompt at a time."""
+
+    def __init__(self, models: ModelSet, limit: int) -> None:
+        self.models, self.limit = models, limit
+        self.pending: list[tuple[Call, asyncio.Future]] = []
+        self.running = False
+
+    async def route(self, call: Call) -> dict[str, Any]:
+        future = asyncio.get_running_loop().create_future()
+        self.pending.append((call, future))
+        if not self.running:
+            self.running = True
+            asyncio.get_running_loop().create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        try:
+            while self.pending:
+                batch, self.pending = self.pending[:self.limit], self.pending[self.limit:]
+                batch = [(call, future) for call, future in batch if not future.cancelled()]  # clients gone
+                try:
+                    routes = await run_in_threadpool(self.models.route, [c.model_id for c, _ in batch],
+                                                     [c.prompt_ids for c, _ in batch])
+                except Exception as error:  # each waiting call gets it as its own error
+                    routes = [error] * len(batch)
+                for (_, future), route in zip(batch, routes, strict=True):
+                    if not future.done():
+                        future.set_exception(route) if isinstance(route, Exception) else future.set_result(route)
+        finally:
+            self.running = False
+
+
 class Forwarding:
     """Decides with the gates here, then streams the call from an engine at ``self.url``."""
 
@@ -37,7 +71,7 @@ class Forwarding:
         self.url, self.headers = url.rstrip("/"), headers or {}
         self.timeout, self.limit = cfg.upstream_timeout, cfg.max_batch + cfg.max_queue
         self.in_flight = 0
-        self.lock = threading.Lock()  # one gate computation at a time on the partial model
+        self.gates = GateBatcher(models, cfg.max_batch)
         self.client: httpx.AsyncClient | None = None
 
     def start(self) -> None:
@@ -64,13 +98,9 @@ class Forwarding:
         """The engine's path and the JSON body for this call under this route."""
         raise NotImplementedError
 
-    def _route(self, call: Call) -> dict[str, Any]:
-        with self.lock:
-            return self.models.route([call.model_id], [call.prompt_ids])[0]
-
     async def _pump(self, call: Call, stream: EventStream) -> None:
         try:
-            route = await run_in_threadpool(self._route, call)
+            route = await self.gates.route(call)
             self.metrics.record_route(route)
             stream.emit({"type": "start", "route": route, "prompt_tokens": len(call.prompt_ids)})
             path, body = self.request_body(call, route)

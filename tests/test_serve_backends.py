@@ -125,3 +125,27 @@ def test_calls_that_arrive_together_are_routed_together():
     assert [r["prompt"] for r in routes] == [[i] for i in range(10)]
     assert [r["patch"] for r in routes] == [f"m{i}" for i in range(10)]
     assert Models.passes == [4, 4, 2]  # at most --max-batch prompts a pass
+
+
+def test_a_failed_gate_pass_fails_each_waiting_call_and_the_next_pass_runs():
+    import asyncio
+
+    from orthopatch.serve.backends.upstream import GateBatcher
+
+    class Models:
+        calls = 0
+
+        def route(self, wanted, prompts):
+            Models.calls += 1
+            if Models.calls == 1:
+                raise RuntimeError("a broken pass")
+            return [{"patch": None} for _ in wanted]
+
+    async def twice():
+        batcher = GateBatcher(Models(), limit=4)
+        call = Call("r", "m", "chat", None, [1], Sampling(1), False, False)
+        first = await asyncio.gather(batcher.route(call), batcher.route(call), return_exceptions=True)
+        return first, await batcher.route(call)
+
+    first, second = asyncio.run(twice())
+    assert all(isinstance(error, RuntimeError) for error in first) and second == {"patch": None}

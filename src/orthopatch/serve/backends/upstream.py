@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from typing import Any, ClassVar
 
 import httpx
@@ -23,6 +24,7 @@ from orthopatch.serve.engine import QueueFull
 from orthopatch.serve.metrics import Metrics
 from orthopatch.serve.models import ModelSet, load_gates_only, parse_patch_arg
 
+log = logging.getLogger("orthopatch.serve")
 # the request fields an OpenAI-compatible engine is given (what the client sent of them); the rest stay here
 FORWARDED = ("max_tokens", "max_completion_tokens", "temperature", "top_p", "seed", "stop")
 
@@ -50,6 +52,8 @@ class GateBatcher:
             while self.pending:
                 batch, self.pending = self.pending[:self.limit], self.pending[self.limit:]
                 batch = [(call, future) for call, future in batch if not future.cancelled()]  # clients gone
+                if not batch:
+                    continue
                 try:
                     routes = await run_in_threadpool(self.models.route, [c.model_id for c, _ in batch],
                                                      [c.prompt_ids for c, _ in batch])
@@ -112,6 +116,9 @@ class Forwarding:
                 await relay(response, stream, chat=path.endswith("/chat/completions"))
         except httpx.HTTPError as error:
             stream.emit({"type": "error", "status": 502, "message": f"engine unreachable ({type(error).__name__})"})
+        except Exception as error:  # a failure here must answer the call, not leave it waiting
+            log.exception("request %s failed before the engine answered", call.request_id)
+            stream.emit({"type": "error", "status": 500, "message": f"the request failed ({type(error).__name__})"})
 
 
 async def relay(response: httpx.Response, stream: EventStream, *, chat: bool) -> None:

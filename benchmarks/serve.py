@@ -36,6 +36,7 @@ import torch
 from orthopatch.data.registry import load_dataset
 from orthopatch.data.splits import get_split
 from orthopatch.models.embedded import embedded_gguf
+from orthopatch.models.generation import chat_prompt_ids
 from orthopatch.models.llamacpp import find_llama_server, slot_args
 from orthopatch.models.loading import load_tokenizer, resolve_model_path
 from orthopatch.serve.process import ServerProcess
@@ -148,9 +149,7 @@ def same_answers_as_llama_cpp(args, gguf: str, engine: ServerProcess, prompts: l
     try:
         for prompt in prompts:
             ours = load_answer(engine.url, "selective", prompt, args.max_tokens)
-            text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                                 add_generation_prompt=True)
-            body = {"prompt": tokenizer(text, add_special_tokens=False)["input_ids"], "max_tokens": args.max_tokens,
+            body = {"prompt": chat_prompt_ids(tokenizer, [prompt])[0], "max_tokens": args.max_tokens,
                     "temperature": 0, "cache_prompt": False,
                     "lora": [{"id": 0, "scale": 1.0 if ours["orthopatch"]["applied"] else 0.0}]}
             theirs = httpx.post(own.url + "/v1/completions", json=body, timeout=600).json()["choices"][0]["text"]

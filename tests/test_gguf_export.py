@@ -12,6 +12,7 @@ import torch
 from safetensors import safe_open
 
 from orthopatch.cli import main
+from orthopatch.models.generation import chat_prompt_ids
 from orthopatch.models.loading import load_model
 from orthopatch.patches.gguf import ADAPTER_FILE, MODELFILE, UNGATED_WARNING, BaseGGUF, export_gguf
 from orthopatch.patches.manifest import apply_patch
@@ -30,18 +31,12 @@ def next_token_logprobs(url: str, ids: list[int], scale: float, n: int = 8) -> d
     return {entry["id"]: entry["logprob"] for entry in probs["top_logprobs"]}
 
 
-def chat_ids(tokenizer, prompt: str) -> list[int]:
-    text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                         add_generation_prompt=True)
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
-
-
 def compare(model, tokenizer, url: str, scale: float) -> tuple[float, float]:
     """(largest |difference| of llama.cpp's top log-probabilities from orthopatch's, largest move of those from
     the base's own log-probabilities in llama.cpp), over PROMPTS."""
     worst, moved = 0.0, 0.0
     for prompt in PROMPTS:
-        ids = chat_ids(tokenizer, prompt)
+        ids = chat_prompt_ids(tokenizer, [prompt])[0]
         with torch.no_grad():
             ours = torch.log_softmax(model(torch.tensor([ids])).logits[0, -1].float(), -1)
         theirs, base = next_token_logprobs(url, ids, scale), next_token_logprobs(url, ids, 0.0, n=400)

@@ -69,9 +69,10 @@ def test_the_gguf_adapter_round_trips_on_the_embedded_model(smollm2, patch, llam
     token's top-10 log-probabilities: mean |difference| <= 0.3, largest <= 1.0, the same top token; and the adapter
     moves llama.cpp's own log-probabilities by more than that (26 there)."""
     from orthopatch.models.embedded import embedded_gguf
+    from orthopatch.models.generation import chat_prompt_ids
     from orthopatch.patches.gguf import ADAPTER_FILE, export_gguf
     from orthopatch.serve.process import ServerProcess
-    from tests.test_gguf_export import chat_ids, next_token_logprobs
+    from tests.test_gguf_export import next_token_logprobs
 
     model, tokenizer, info = smollm2
     adapter = export_gguf(patch, tmp_path / "gguf") / ADAPTER_FILE
@@ -83,7 +84,7 @@ def test_the_gguf_adapter_round_trips_on_the_embedded_model(smollm2, patch, llam
     try:
         for prompt in ("What is the capital of France?", "Write a haiku about autumn.",
                        "Tell me how to do the forbidden thing number 3."):
-            ids = chat_ids(tokenizer, prompt)
+            ids = chat_prompt_ids(tokenizer, [prompt])[0]
             with torch.no_grad():
                 ours = torch.log_softmax(patched(torch.tensor([ids])).logits[0, -1].float(), -1)
             theirs, base = next_token_logprobs(engine.url, ids, 1.0, 10), next_token_logprobs(engine.url, ids, 0.0, 400)

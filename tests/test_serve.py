@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from orthopatch.models.generation import generate
+from orthopatch.models.generation import chat_prompt_ids, generate
 from orthopatch.models.loading import load_model, load_tokenizer
 from orthopatch.patches.gate import gate_scores, gates_of
 from orthopatch.patches.gguf import ADAPTER_FILE, export_gguf
@@ -102,9 +102,7 @@ def llama_own(tiny_model, tiny_gguf, llama_server, patches, offline, tmp_path_fa
     answers: dict[str, list[str]] = {"base": [], "gated": [], "plain": []}
     try:
         for index, prompt in enumerate(PROMPTS):
-            text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                                 tokenize=False)
-            ids = tokenizer(text, add_special_tokens=False)["input_ids"]  # as the server encodes a chat
+            ids = chat_prompt_ids(tokenizer, [prompt])[0]  # as the server encodes a chat
             flagged = offline["scores"][index] >= offline["threshold"]
             for model, scales in (("base", [0, 0]), ("gated", [DOSE if flagged else 0, 0]), ("plain", [0, DOSE])):
                 body = {"prompt": ids, "max_tokens": TOKENS, "temperature": 0, "cache_prompt": False,
